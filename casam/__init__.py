@@ -1,0 +1,3 @@
+"""casam: clean-aware sharpness-aware minimization for learning with noisy labels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,44 @@
+"""The `casam` command: a thin dispatcher to one module per sub-command in `casam.commands`.
+
+Each sub-command module exposes `main(argv: list[str]) -> int` and owns its own argument parser,
+so that `casam train --help` shows only what training needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "data": "inspect a data set and its label noise before training on it",
+    "train": "train a classifier on noisily-labelled data",
+    "plot": "compare runs in one PNG (accuracy, selection precision, memorisation)",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: casam COMMAND [options]   (casam COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<7} {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from casam import __version__
+
+        print(f"casam {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"casam: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"casam.commands.{name}")
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

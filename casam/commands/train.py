@@ -1,0 +1,98 @@
+"""`casam train`: every TrainConfig field is a flag; --config FILE sets them from YAML first."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+
+from casam.config import TrainConfig, field_types
+
+# Options a resumed run may change: they do not alter what is computed.
+RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "tensorboard", "data_dir")
+
+HELP = {
+    "dataset": "fashion-mnist, cifar10, cifar100 or digits",
+    "train_subset": "train on a seeded subset of N samples (none: the whole split)",
+    "noise": "TYPE:RATE, e.g. symmetric:0.5, asymmetric:0.4, pairflip:0.45, instance:0.4, matrix:PATH, cifar10n:worst, none",
+    "model": "mlp, cnn, preact_resnet18 or resnet34",
+    "optimizer": "sgd, sam, asam or casam",
+    "loss": "ce, gce, sce, apl or elr",
+    "selection": "none or coteaching",
+    "schedule": "cosine, step or constant (stepped per epoch)",
+    "rho": "SAM/ASAM/CA-SAM neighbourhood radius",
+    "warmup": "CA-SAM epochs of plain SAM before the clean/noisy split is used",
+    "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss or gmm",
+    "history_beta": "momentum of the per-sample EMA of softmax outputs",
+    "noisy_weight": "CA-SAM lambda: weight of likely-noisy samples in the update",
+    "device": "auto (CUDA when present), cpu, cuda, cuda:N",
+    "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",
+    "out": "run folder (default: runs/DATASET-NOISE-METHOD-seedSEED)",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casam train",
+        description="Train a classifier on noisily-labelled data. Defaults < --config YAML < flags.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file of options (a run's config.yaml repeats that run)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest good checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    defaults = TrainConfig()
+    types_ = field_types()
+    for field in TrainConfig.fields():
+        flag = "--" + field.name.replace("_", "-")
+        hint = types_[field.name]
+        metavar = "N" if hint in (int, int | None) else ("X" if hint in (float, float | None) else None)
+        if typing.get_origin(hint) is list:
+            metavar = "N,N"
+        if hint is bool:
+            metavar = "true|false"
+        parser.add_argument(
+            flag, dest=field.name, default=None, metavar=metavar or field.name.upper(),
+            help=f"{HELP.get(field.name, '')} (default: {getattr(defaults, field.name)})".strip(),
+        )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    from casam.checkpoint import CheckpointError
+    from casam.config import ConfigError, resolve
+    from casam.data import DataNotFoundError
+    from casam.train import RunDirError, TrainingDiverged, train
+
+    parser = build_parser()
+    parser.formatter_class = argparse.HelpFormatter
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in TrainConfig.fields() if getattr(args, f.name) is not None}
+    try:
+        if args.resume:
+            refused = sorted(set(overrides) - set(RESUMABLE_OVERRIDES))
+            if refused:
+                raise ConfigError(
+                    f"--resume continues a run as configured; only {', '.join(RESUMABLE_OVERRIDES)} may change, not {', '.join(refused)}"
+                )
+            if args.config:
+                raise ConfigError("--resume reads the run's own config.yaml; drop --config")
+            from pathlib import Path
+
+            config_path = Path(args.resume) / "config.yaml"
+            if not config_path.is_file():
+                raise RunDirError(f"cannot resume: {config_path} is missing, so {args.resume} holds no casam run")
+            config = resolve(yaml_path=str(config_path), overrides={**overrides, "out": args.resume})
+            train(config, resume=True)
+        else:
+            config = resolve(yaml_path=args.config, overrides=overrides)
+            train(config, overwrite=args.overwrite)
+    except TrainingDiverged as error:
+        print(f"casam train: {error}", file=sys.stderr)
+        return 1
+    except (ConfigError, RunDirError, CheckpointError, DataNotFoundError, ValueError) as error:
+        if os.environ.get("CASAM_DEBUG"):
+            raise
+        print(f"casam train: {error}", file=sys.stderr)
+        return 2
+    return 0

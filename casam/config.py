@@ -1,0 +1,238 @@
+"""Training configuration: one dataclass of plain values, settable from a YAML file and overridable
+from the command line (defaults < YAML < flags), validated once at the edge.
+
+Every field is a flag of `casam train`: `history_beta` is `--history-beta`. A run folder keeps the
+resolved configuration as `config.yaml`, so `casam train --config RUN/config.yaml` repeats a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one sentence naming it."""
+
+
+OPTIMIZERS = ("sgd", "sam", "asam", "casam")
+BASE_OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+SELECTIONS = ("none", "coteaching")
+CRITERIA = ("agreement", "confidence", "small-loss", "gmm")
+AUGMENTS = ("auto", "none", "crop_flip")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    # data and noise
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_subset: int | None = 10000  # seeded subset of the training split; None = all of it
+    noise: str = "symmetric:0.5"
+    noise_seed: int | None = None  # None: the run's seed
+    augment: str = "auto"  # auto: crop_flip for CIFAR, none otherwise
+    # network and method
+    model: str = "cnn"
+    optimizer: str = "casam"
+    base_optimizer: str = "sgd"
+    loss: str = "ce"
+    selection: str = "none"
+    # optimisation
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    milestones: list[int] = field(default_factory=lambda: [])  # step schedule; empty: at 50 % and 75 %
+    gamma: float = 0.1
+    # SAM family
+    rho: float = 0.05
+    # CA-SAM
+    warmup: int = 2
+    criterion: str = "agreement"
+    history_beta: float = 0.9
+    noisy_weight: float = 1.0
+    min_clean: int = 8
+    # Co-teaching
+    forget_rate: float | None = None  # None: estimated from the losses after warm-up
+    num_gradual: int = 10
+    # run
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    eval_batch_size: int = 1000
+    out: str | None = None
+    progress: bool = True
+    tensorboard: bool = True
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "TrainConfig":
+        """Check every value; raise ConfigError naming the first bad one."""
+        from casam.data import DATASETS
+        from casam.losses import LOSSES
+        from casam.models import MODELS
+        from casam.noise import parse_noise
+
+        for name, allowed in (
+            ("dataset", DATASETS),
+            ("model", MODELS),
+            ("optimizer", OPTIMIZERS),
+            ("base_optimizer", BASE_OPTIMIZERS),
+            ("loss", LOSSES),
+            ("selection", SELECTIONS),
+            ("schedule", SCHEDULES),
+            ("criterion", CRITERIA),
+            ("augment", AUGMENTS),
+            ("precision", PRECISIONS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        try:
+            parse_noise(self.noise)
+        except ValueError as error:
+            raise ConfigError(f"noise: {error}") from None
+        positive = ("epochs", "batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"train_subset must be a positive number of samples; got {self.train_subset}")
+        for name in ("lr", "weight_decay", "rho", "momentum", "gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.lr == 0:
+            raise ConfigError("lr must be > 0; got 0")
+        for name in ("warmup", "min_clean", "num_gradual"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not 0 <= self.history_beta < 1:
+            raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
+        if not 0 <= self.noisy_weight <= 1:
+            raise ConfigError(f"noisy_weight (lambda) must be in [0, 1]; got {self.noisy_weight}")
+        if self.forget_rate is not None and not 0 <= self.forget_rate < 1:
+            raise ConfigError(f"forget_rate must be in [0, 1); got {self.forget_rate}")
+        if any(m < 1 or m > self.epochs for m in self.milestones):
+            raise ConfigError(f"milestones must be epochs in 1..{self.epochs}; got {self.milestones}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+        return self
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def fields(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+        """Build from a mapping, converting and checking each value's type."""
+        known = {f.name: f for f in cls.fields()}
+        kwargs = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"{source}: unknown option {key!r}; see `casam train --help` for the options")
+            kwargs[name] = coerce(value, known[name].type, name=name, source=source)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce(value: Any, annotation: Any, *, name: str, source: str = "config") -> Any:
+    """Convert `value` (from YAML or a flag string) to the field's type, or raise ConfigError."""
+    hint = field_types()[name] if isinstance(annotation, str) else annotation
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+        origin = typing.get_origin(hint)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {name} cannot be empty")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {name} must be a list; got {value!r}")
+        return [coerce_scalar(v, item, name=name, source=source) for v in value]
+    return coerce_scalar(value, hint, name=name, source=source)
+
+
+def coerce_scalar(value: Any, kind: type, *, name: str, source: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{source}: {name} must be true or false; got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{source}: {name} must be an integer; got {value!r}")
+        try:
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{source}: {name} must be an integer; got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: {name} must be a number; got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: {name} must be a number; got {value!r}") from None
+    if kind is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{source}: {name} must be a string; got {value!r}")
+        return str(value)
+    raise ConfigError(f"{source}: {name} has an unsupported type")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of options; a missing file or a non-mapping is a ConfigError."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({error.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
+    return data
+
+
+def save_yaml(config: TrainConfig, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def resolve(*, yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults < YAML file < command-line overrides, then validated."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(load_yaml(yaml_path))
+    config = TrainConfig.from_dict(values, source=str(yaml_path) if yaml_path else "config")
+    for key, value in (overrides or {}).items():
+        setattr(config, key, coerce(value, key, name=key, source="command line"))
+    return config.validate()

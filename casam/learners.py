@@ -1,0 +1,204 @@
+"""How one batch updates the network(s): the per-method part of the training loop.
+
+The optimizer (SGD, SAM, ASAM, CA-SAM), the loss (CE, GCE, SCE, APL, ELR) and the sample
+selection (none, Co-teaching) are independent choices. `update_on_batch` applies any optimizer
+with any loss to a batch whose first forward pass is already done; `SingleLearner` and
+`CoTeachingLearner` decide which samples each network learns from.
+
+Every learner's `step` returns the first pass's detached logits and per-sample losses (the metrics
+reuse them: no extra forward pass) and the likely-clean mask of the methods that select.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+
+import torch
+from torch import nn
+
+from casam.optim import CASAM, SAM, frozen_bn_stats
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (B, C) first-pass logits, detached
+    losses: torch.Tensor  # (B,) first-pass per-sample losses, detached
+    selected: torch.Tensor | None  # (B,) bool likely-clean / trained-on mask, None if the method does not select
+
+
+class Precision:
+    """One mixed-precision context for every forward pass (nanoGPT style), plus the fp16 grad scaler."""
+
+    def __init__(self, precision: str, device: torch.device):
+        self.precision = precision
+        self.device_type = device.type
+        self.scaler = None
+        if precision == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device_type)
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device_type, dtype=dtype)
+
+
+def update_on_batch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    logits: torch.Tensor,
+    losses: torch.Tensor,
+    precision: Precision,
+) -> torch.Tensor | None:
+    """One optimisation step of `model` on (x, y, idx), whose first pass gave `logits`, `losses` (with graph).
+
+    Returns CA-SAM's likely-clean mask, else None.
+    """
+    scaler = precision.scaler
+
+    def second_pass() -> torch.Tensor:
+        with frozen_bn_stats(model), precision.autocast():
+            return loss_fn(model(x), y, idx).float()
+
+    if isinstance(optimizer, CASAM):
+        clean = optimizer.first_step(losses, logits=logits, indices=idx, labels=y, scaler=scaler)
+        optimizer.second_step(second_pass(), scaler=scaler)
+        return clean
+    loss = losses.mean()
+    if scaler is not None:
+        loss = scaler.scale(loss)
+    if isinstance(optimizer, SAM):
+        loss.backward()
+        optimizer.first_step(zero_grad=True, scaler=scaler)
+        loss2 = second_pass().mean()
+        (scaler.scale(loss2) if scaler is not None else loss2).backward()
+        optimizer.second_step(zero_grad=True, scaler=scaler)
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return None
+
+
+class SingleLearner:
+    """One network, trained on every sample of the batch (CA-SAM does its own split inside)."""
+
+    def __init__(self, model, optimizer, loss_fn, precision: Precision):
+        self.model, self.optimizer, self.loss_fn, self.precision = model, optimizer, loss_fn, precision
+        self.selects = isinstance(optimizer, CASAM)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    def step(self, x, y, idx) -> StepOutput:
+        with self.precision.autocast():
+            logits = self.model(x)
+        self.loss_fn.observe(logits.detach().float(), idx)
+        losses = self.loss_fn(logits.float(), y, idx)
+        selected = update_on_batch(self.model, self.optimizer, self.loss_fn, x, y, idx, logits, losses, self.precision)
+        return StepOutput(logits.detach(), losses.detach(), selected)
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.optimizer, CASAM):
+            self.optimizer.set_epoch(epoch)
+
+    def end_epoch(self, epoch: int) -> None:
+        if isinstance(self.optimizer, CASAM):
+            self.optimizer.history.refresh()
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_fn.load_state_dict(state["loss"])
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+
+class CoTeachingLearner:
+    """Co-teaching (Han et al., NeurIPS 2018): two networks, each learns from the samples with the
+    smallest loss under its peer, a fraction R(epoch) of each batch being dropped.
+
+    The forget rate: given, or estimated at the end of the first epoch from network A's per-sample
+    losses over the whole training set (a two-component Gaussian mixture; see
+    `casam.selection.estimate_noise_rate`), since no method may read the true labels.
+    Test accuracy is network A's.
+    """
+
+    def __init__(self, models, optimizers, loss_fns, precision: Precision, *, selector, num_samples: int, device):
+        self.models, self.optimizers, self.loss_fns, self.precision = models, optimizers, loss_fns, precision
+        self.selector = selector
+        self.selects = True
+        self.epoch = 0
+        self.epoch_losses = torch.zeros(num_samples, device=device)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.models[0]
+
+    def step(self, x, y, idx) -> StepOutput:
+        logits, losses = [], []
+        for model, loss_fn in zip(self.models, self.loss_fns):
+            with self.precision.autocast():
+                out = model(x)
+            loss_fn.observe(out.detach().float(), idx)
+            logits.append(out)
+            losses.append(loss_fn(out.float(), y, idx))
+        keep_a, keep_b = self.selector.select(losses[0].detach(), losses[1].detach(), self.epoch)
+        for model, opt, loss_fn, out, loss, keep in zip(self.models, self.optimizers, self.loss_fns, logits, losses, (keep_a, keep_b)):
+            update_on_batch(model, opt, loss_fn, x[keep], y[keep], idx[keep], out[keep], loss[keep], self.precision)
+        self.epoch_losses[idx] = losses[0].detach()
+        selected = torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        selected[keep_a] = True
+        return StepOutput(logits[0].detach(), losses[0].detach(), selected)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for opt in self.optimizers:
+            if isinstance(opt, CASAM):
+                opt.set_epoch(epoch)
+
+    def end_epoch(self, epoch: int) -> None:
+        if epoch == 0 and self.selector.forget_rate is None:
+            self.selector.set_estimate(self.epoch_losses.cpu())
+        for opt in self.optimizers:
+            if isinstance(opt, CASAM):
+                opt.history.refresh()
+
+    def state_dict(self) -> dict:
+        return {
+            "models": [m.state_dict() for m in self.models],
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "losses": [fn.state_dict() for fn in self.loss_fns],
+            "forget_rate": self.selector.forget_rate,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for module, saved in zip(self.models, state["models"]):
+            module.load_state_dict(saved)
+        for opt, saved in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
+        for fn, saved in zip(self.loss_fns, state["losses"]):
+            fn.load_state_dict(saved)
+        self.selector.forget_rate = state["forget_rate"]
+
+    def diagnostics(self) -> dict[str, float]:
+        rate = self.selector.forget_rate
+        return {"forget_rate": rate if rate is not None else math.nan, "drop_rate": self.selector.rate(self.epoch)}
+
+

@@ -1,0 +1,331 @@
+"""The training loop of `casam train`, read end to end in one sitting.
+
+build everything from the config -> (resume from the newest good checkpoint) -> per epoch: train
+one pass (metrics from the step's own outputs), evaluate under inference_mode, append a line to
+metrics.jsonl, write a checkpoint atomically -> summary.json and a one-screen summary.
+
+Reproducibility: the network's initial weights come from the seed; the batch order and the
+augmentation of every epoch are a pure function of (seed, epoch) (see `BatchLoader.set_epoch`);
+everything else that changes during training is in the checkpoint. So on the CPU a run resumed
+after a kill ends with exactly the metrics of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from casam import checkpoint
+from casam.config import ConfigError, TrainConfig, save_yaml
+from casam.data import BatchLoader, NoisyDataset, load_dataset
+from casam.history import SampleHistory
+from casam.learners import CoTeachingLearner, Precision, SingleLearner
+from casam.losses import build_loss
+from casam.metrics import EpochMeter, evaluate
+from casam.models import build_model
+from casam.optim import ASAM, CASAM, SAM
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", checkpoint.CURRENT, checkpoint.PREVIOUS)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class RunDirError(ValueError):
+    """The output folder cannot be used as asked."""
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def default_run_name(config: TrainConfig) -> str:
+    noise = config.noise.replace(":", "").replace("/", "_")
+    method = f"{config.optimizer}+{config.loss}" + ("" if config.selection == "none" else f"+{config.selection}")
+    return str(Path("runs") / f"{config.dataset}-{noise}-{method}-seed{config.seed}")
+
+
+def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to mix two runs in one folder; with `overwrite` remove only casam's own files."""
+    out = Path(out)
+    holds_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+    if resume:
+        if not holds_run:
+            raise RunDirError(f"cannot resume: {out} holds no casam run")
+        return out
+    if holds_run:
+        if not overwrite:
+            raise RunDirError(f"{out} already holds a run; pass --resume {out} to continue it or --overwrite to replace it")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_data(config: TrainConfig) -> tuple[NoisyDataset, NoisyDataset]:
+    train_set, test_set = load_dataset(config.dataset, data_dir=config.data_dir)
+    if config.train_subset is not None and config.train_subset < len(train_set):
+        train_set = train_set.subset(config.train_subset, seed=config.seed)
+    noise_seed = config.seed if config.noise_seed is None else config.noise_seed
+    train_set = train_set.with_noise(config.noise, seed=noise_seed, data_dir=config.data_dir)
+    return train_set, test_set
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples: int, num_classes: int, device):
+    base = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[config.base_optimizer]
+    kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if config.base_optimizer == "sgd":
+        kwargs["momentum"] = config.momentum
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return base(params, **kwargs)
+    if config.optimizer == "sam":
+        return SAM(params, base, rho=config.rho, **kwargs)
+    if config.optimizer == "asam":
+        return ASAM(params, base, rho=config.rho, **kwargs)
+    history = SampleHistory(num_samples, num_classes, beta=config.history_beta, criterion=config.criterion, device=device)
+    return CASAM(
+        params, base, history=history, rho=config.rho, noisy_weight=config.noisy_weight,
+        warmup_epochs=config.warmup, min_clean=config.min_clean, **kwargs,
+    )
+
+
+def build_scheduler(config: TrainConfig, optimizer):
+    """Stepped once per epoch. `optimizer` may be a SAM wrapper: it shares param_groups with its base."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "step":
+        milestones = config.milestones or [max(1, config.epochs // 2), max(1, (3 * config.epochs) // 4)]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.device, precision: Precision):
+    n, c = len(train_set), train_set.num_classes
+    shape = tuple(train_set.images.shape[1:])
+
+    def network():
+        return build_model(config.model, num_classes=c, in_channels=shape[0], image_size=shape[1:]).to(device)
+
+    def loss():
+        return build_loss(config.loss, num_samples=n, num_classes=c).to(device)
+
+    if config.selection == "coteaching":
+        from casam.selection import CoTeachingSelector
+
+        models = [network(), network()]
+        optimizers = [build_optimizer(config, m, num_samples=n, num_classes=c, device=device) for m in models]
+        selector = CoTeachingSelector(forget_rate=config.forget_rate, num_gradual=config.num_gradual)
+        learner = CoTeachingLearner(models, optimizers, [loss(), loss()], precision, selector=selector, num_samples=n, device=device)
+    else:
+        model = network()
+        learner = SingleLearner(model, build_optimizer(config, model, num_samples=n, num_classes=c, device=device), loss(), precision)
+    optimizers = learner.optimizers if hasattr(learner, "optimizers") else [learner.optimizer]
+    return learner, [build_scheduler(config, opt) for opt in optimizers]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line torn by a kill: everything after it is redone
+    return rows
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    checkpoint.atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def progress(iterable, *, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def open_tensorboard(config: TrainConfig, run_dir: Path):
+    if not config.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def summarize(rows: list[dict[str, Any]], total_time: float) -> dict[str, Any]:
+    best = max(rows, key=lambda r: r["test_acc"])
+    last = rows[-1]
+    summary = {
+        "epochs": last["epoch"],
+        "last_acc": last["test_acc"],
+        "best_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "total_time_s": total_time,
+        "sec_per_epoch": float(np.mean([r["epoch_time_s"] for r in rows])),
+    }
+    for key in ("sel_precision", "sel_recall", "sel_f1", "selected_fraction", "memorization"):
+        if key in last:
+            summary[key] = last[key]
+    return summary
+
+
+def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) -> str:
+    def pct(v):
+        return "  n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:5.1f} %"
+
+    method = f"{config.optimizer}+{config.loss}" + ("" if config.selection == "none" else f"+{config.selection}")
+    lines = [
+        f"casam train: {method} on {config.dataset} ({config.noise}), {summary['epochs']} epochs, seed {config.seed}",
+        f"  test accuracy   last {pct(summary['last_acc'])}   best {pct(summary['best_acc'])} (epoch {summary['best_epoch']})",
+    ]
+    if "sel_precision" in summary:
+        lines.append(
+            f"  likely-clean    precision {pct(summary['sel_precision'])}   recall {pct(summary['sel_recall'])}"
+            f"   selected {pct(summary.get('selected_fraction'))}"
+        )
+    if "memorization" in summary:
+        lines.append(f"  memorisation    {pct(summary['memorization'])} of mislabelled samples fitted to their wrong label")
+    lines.append(f"  time            {summary['total_time_s']:.0f} s ({summary['sec_per_epoch']:.1f} s/epoch)")
+    lines.append(f"  run folder      {run_dir}  (metrics.jsonl, summary.json, checkpoint.pt; `casam plot {run_dir}`)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Train as `config` says; returns the summary. Writes into `config.out` (see module docstring)."""
+    config.validate()
+    device = pick_device(config.device)
+    run_dir = prepare_run_dir(config.out or default_run_name(config), resume=resume, overwrite=overwrite)
+    if not resume:
+        save_yaml(config, run_dir / "config.yaml")
+
+    torch.manual_seed(config.seed)
+    train_set, test_set = load_data(config)
+    train_set, test_set = train_set.to(device), test_set.to(device)
+    augment = config.augment if config.augment != "auto" else ("crop_flip" if config.dataset.startswith("cifar") else "none")
+    loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True, augment=augment, seed=config.seed)
+    test_loader = BatchLoader(test_set, batch_size=config.eval_batch_size, shuffle=False)
+    precision = Precision(config.precision, device)
+    learner, schedulers = build_learner(config, train_set, device, precision)
+    is_noisy = train_set.is_noisy.to(device) if train_set.is_noisy is not None else None
+
+    start_epoch, elapsed = 0, 0.0
+    if resume:
+        state, path = checkpoint.load_latest(run_dir)
+        learner.load_state_dict(state["learner"])
+        for scheduler, saved in zip(schedulers, state["schedulers"]):
+            scheduler.load_state_dict(saved)
+        set_rng_state(state["rng"])
+        start_epoch, elapsed = state["epoch"], state["elapsed_s"]
+        log(f"casam: resuming {run_dir} after epoch {start_epoch} ({path.name})")
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
+    writer = open_tensorboard(config, run_dir)
+
+    for epoch in range(start_epoch, config.epochs):
+        loader.set_epoch(epoch)
+        learner.set_epoch(epoch)
+        meter = EpochMeter(device)
+        data_time, t0 = 0.0, time.perf_counter()
+        batches = iter(progress(loader, enabled=config.progress, desc=f"epoch {epoch + 1}/{config.epochs}"))
+        while True:
+            t_data = time.perf_counter()
+            batch = next(batches, None)
+            data_time += time.perf_counter() - t_data
+            if batch is None:
+                break
+            x, y, idx = batch
+            out = learner.step(x, y, idx)
+            meter.update(out.logits, out.losses, y, None if is_noisy is None else is_noisy[idx], out.selected)
+        learner.end_epoch(epoch)
+        for scheduler in schedulers:
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_time = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, **meter.compute()}
+        if not math.isfinite(row["train_loss"]):
+            raise TrainingDiverged(
+                f"the training loss became {row['train_loss']} in epoch {epoch + 1}; stopped. "
+                f"The last good checkpoint (epoch {epoch}) stays in {run_dir}; lower --lr or --rho and resume or restart."
+            )
+        row.update(evaluate(learner.eval_model, test_loader, autocast=precision.autocast))
+        row.update(learner.diagnostics())
+        row.update(
+            lr=schedulers[0].get_last_lr()[0],
+            epoch_time_s=epoch_time,
+            samples_per_s=len(loader) * config.batch_size / epoch_time,
+            data_fraction=data_time / epoch_time,
+        )
+        elapsed += time.perf_counter() - t0
+        rows.append(row)
+        write_metrics(run_dir / "metrics.jsonl", rows)
+        checkpoint.save(
+            run_dir,
+            {
+                "epoch": epoch + 1,
+                "elapsed_s": elapsed,
+                "learner": learner.state_dict(),
+                "schedulers": [s.state_dict() for s in schedulers],
+                "rng": rng_state(),
+                "config": config.to_dict(),
+            },
+        )
+        if writer is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(key, value, epoch + 1)
+        if config.progress:
+            shown = ", ".join(
+                f"{k} {v:.4f}" for k, v in row.items() if k in ("train_loss", "test_acc", "sel_precision", "sel_recall", "memorization")
+            )
+            log(f"epoch {epoch + 1:3d}/{config.epochs}: {shown}, {epoch_time:.1f} s")
+
+    if writer is not None:
+        writer.close()
+    summary = summarize(rows, elapsed)
+    checkpoint.atomic_write_bytes(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+    log(format_summary(config, summary, run_dir))
+    return summary
+

@@ -1,0 +1,60 @@
+import pytest
+
+from casam.config import ConfigError, TrainConfig, resolve, save_yaml
+
+
+def test_defaults_are_valid_and_are_the_main_job():
+    config = resolve()
+    assert (config.dataset, config.noise, config.optimizer) == ("fashion-mnist", "symmetric:0.5", "casam")
+
+
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nlr: 0.1\noptimizer: sam\nmilestones: [1, 2]\n")
+    config = resolve(yaml_path=str(path), overrides={"lr": "0.5", "tensorboard": "false"})
+    assert config.epochs == 3 and config.optimizer == "sam" and config.milestones == [1, 2]
+    assert config.lr == 0.5 and config.tensorboard is False
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = resolve(overrides={"rho": "0.1", "train_subset": "none", "milestones": "2,3"})
+    save_yaml(config, tmp_path / "config.yaml")
+    again = resolve(yaml_path=str(tmp_path / "config.yaml"))
+    assert again == config and again.train_subset is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"epochs": "ten"}, "epochs must be an integer; got 'ten'"),
+        ({"epochs": "2.5"}, "epochs must be an integer"),
+        ({"lr": "fast"}, "lr must be a number"),
+        ({"rho": "-0.1"}, "rho must be >= 0"),
+        ({"optimizer": "adam"}, "optimizer must be one of sgd, sam, asam, casam; got 'adam'"),
+        ({"noise": "gaussian:0.2"}, "noise"),
+        ({"noise": "symmetric:1.5"}, "noise"),
+        ({"history_beta": "1.0"}, "history_beta must be in"),
+        ({"tensorboard": "maybe"}, "tensorboard must be true or false"),
+        ({"dataset": "mnist"}, "dataset must be one of"),
+        ({"precision": "fp16", "device": "cpu"}, "fp16 needs a CUDA device"),
+    ],
+)
+def test_bad_values_are_refused_with_one_sentence(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
+        resolve(overrides=overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown option 'epoch'"):
+        (tmp_path / "a.yaml").write_text("epoch: 3\n")
+        resolve(yaml_path=str(tmp_path / "a.yaml"))
+    with pytest.raises(ConfigError, match="epochs must be an integer"):
+        (tmp_path / "b.yaml").write_text("epochs: [1]\n")
+        resolve(yaml_path=str(tmp_path / "b.yaml"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(yaml_path=str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
+        resolve(yaml_path=str(tmp_path / "c.yaml"))
+    assert TrainConfig().epochs == 40
