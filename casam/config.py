@@ -187,7 +187,7 @@ def coerce_scalar(value: Any, kind: type, *, name: str, source: str) -> Any:
             raise ConfigError(f"{source}: {name} must be an integer; got {value!r}")
         try:
             return int(value) if not isinstance(value, str) else int(value.strip())
-        except ValueError:
+        except (TypeError, ValueError):
             raise ConfigError(f"{source}: {name} must be an integer; got {value!r}") from None
     if kind is float:
         if isinstance(value, bool):

@@ -175,7 +175,7 @@ class CoTeachingLearner:
 
     def end_epoch(self, epoch: int) -> None:
         if epoch == 0 and self.selector.forget_rate is None:
-            self.selector.set_estimate(self.epoch_losses.cpu())
+            self.selector.estimate(self.epoch_losses.cpu())
         for opt in self.optimizers:
             if isinstance(opt, CASAM):
                 opt.history.refresh()
@@ -185,7 +185,7 @@ class CoTeachingLearner:
             "models": [m.state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "losses": [fn.state_dict() for fn in self.loss_fns],
-            "forget_rate": self.selector.forget_rate,
+            "selector": self.selector.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -195,7 +195,7 @@ class CoTeachingLearner:
             opt.load_state_dict(saved)
         for fn, saved in zip(self.loss_fns, state["losses"]):
             fn.load_state_dict(saved)
-        self.selector.forget_rate = state["forget_rate"]
+        self.selector.load_state_dict(state["selector"])
 
     def diagnostics(self) -> dict[str, float]:
         rate = self.selector.forget_rate

@@ -32,6 +32,7 @@ from casam.learners import CoTeachingLearner, Precision, SingleLearner
 from casam.losses import build_loss
 from casam.metrics import EpochMeter, evaluate
 from casam.models import build_model
+from casam.noise import parse_noise
 from casam.optim import ASAM, CASAM, SAM
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", checkpoint.CURRENT, checkpoint.PREVIOUS)
@@ -80,11 +81,17 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def load_data(config: TrainConfig) -> tuple[NoisyDataset, NoisyDataset]:
+    """(noisy train split, test split). Synthetic noise is drawn on the subset actually trained on;
+    human labels (CIFAR-N) belong to the full split, so they are attached first and then subset."""
     train_set, test_set = load_dataset(config.dataset, data_dir=config.data_dir)
+    noise_seed = config.seed if config.noise_seed is None else config.noise_seed
+    human = parse_noise(config.noise).kind in ("cifar10n", "cifar100n")
+    if human:
+        train_set = train_set.with_noise(config.noise, seed=noise_seed, data_dir=config.data_dir)
     if config.train_subset is not None and config.train_subset < len(train_set):
         train_set = train_set.subset(config.train_subset, seed=config.seed)
-    noise_seed = config.seed if config.noise_seed is None else config.noise_seed
-    train_set = train_set.with_noise(config.noise, seed=noise_seed, data_dir=config.data_dir)
+    if not human:
+        train_set = train_set.with_noise(config.noise, seed=noise_seed, data_dir=config.data_dir)
     return train_set, test_set
 
 
@@ -286,9 +293,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         epoch_time = time.perf_counter() - t0
         row = {"epoch": epoch + 1, **meter.compute()}
         if not math.isfinite(row["train_loss"]):
+            kept = f"the last good checkpoint (epoch {epoch}) stays in {run_dir}" if epoch else "no checkpoint was written"
             raise TrainingDiverged(
-                f"the training loss became {row['train_loss']} in epoch {epoch + 1}; stopped. "
-                f"The last good checkpoint (epoch {epoch}) stays in {run_dir}; lower --lr or --rho and resume or restart."
+                f"the training loss became {row['train_loss']} in epoch {epoch + 1}, so training stopped; {kept}; "
+                "try a lower --lr or --rho"
             )
         row.update(evaluate(learner.eval_model, test_loader, autocast=precision.autocast))
         row.update(learner.diagnostics())

@@ -10,7 +10,7 @@ import typing
 from casam.config import TrainConfig, field_types
 
 # Options a resumed run may change: they do not alter what is computed.
-RESUMABLE_OVERRIDES = ("epochs", "device", "progress", "tensorboard", "data_dir")
+RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir")
 
 HELP = {
     "dataset": "fashion-mnist, cifar10, cifar100 or digits",
@@ -32,8 +32,15 @@ HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="casam train",
         description="Train a classifier on noisily-labelled data. Defaults < --config YAML < flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

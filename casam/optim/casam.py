@@ -1,0 +1,275 @@
+"""CA-SAM: SAM whose perturbation is chosen by the likely-clean samples of the batch.
+
+Per batch B (indices I, given labels y), with `history` a `casam.history.SampleHistory`:
+
+    1. one forward pass at w: logits, per-sample losses l_i; the history records the batch (detached)
+    2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs)
+       fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
+    3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
+    4. g   = grad (1/|B|) sum_{i in B} a_i l_i(w + e),   a_i = 1 if i in C else lambda (`noisy_weight`)
+    5. w  <- base_step(w, g)    (w restored exactly first)
+
+Steps 1-3 share the forward pass the training loop makes anyway: the cost is SAM's. The loop::
+
+    for x, y, idx in loader:                        # idx: the samples' positions in the training set
+        logits = model(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        clean = opt.first_step(losses, logits=logits, indices=idx, labels=y)
+        with frozen_bn_stats(model):
+            losses2 = F.cross_entropy(model(x), y, reduction="none")
+        opt.second_step(losses2)
+    opt.set_epoch(epoch + 1)                        # warm-up counter; refreshes the history's global criteria
+
+or `opt.step(closure, indices=idx, labels=y, model=model)` where `closure()` returns (logits, per-sample
+losses) for the batch, with their graph and without calling backward.
+
+Diagnostics, cheap (no host sync): `last_clean_mask` (B,) bool (C), `last_fallback` 0-dim bool.
+`measure_cosine=True` also sets `last_grad_cosine`, the cosine between g_C and the full-batch gradient
+(one extra backward per step, so off by default).
+
+Data parallel (later): `_update_history` is where (indices, outputs) will be all-gathered so every rank
+holds the same history, and `_clean_mean` is where the clean count will be all-reduced so the averaged
+gradient is that of the global clean mean. Nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from casam.history import SampleHistory
+from casam.optim.bn import frozen_bn_stats
+from casam.optim.sam import SAM, _global_norm
+
+__all__ = ["CASAM"]
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+class CASAM(SAM):
+    """Clean-aware SAM (see the module docstring).
+
+    Args:
+        params, base_optimizer, rho, adaptive, eta, **base_kwargs: as in `SAM`.
+        history: the per-sample history that records each batch and provides the clean mask.
+        noisy_weight: lambda >= 0, the weight of likely-noisy samples in the update gradient (1 keeps them fully).
+        warmup_epochs: epochs of plain SAM (C = B) while the history is uninformative.
+        min_clean: a batch with fewer likely-clean samples perturbs with the whole batch.
+        measure_cosine: compute `last_grad_cosine` each step (costs one extra backward).
+    """
+
+    _WRAPPER = "CASAM"
+
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer: type[Optimizer] | Optimizer,
+        *,
+        history: SampleHistory,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        noisy_weight: float = 1.0,
+        warmup_epochs: int = 2,
+        min_clean: int = 8,
+        measure_cosine: bool = False,
+        **base_kwargs: Any,
+    ) -> None:
+        if not isinstance(history, SampleHistory):
+            raise TypeError(f"history must be a casam.history.SampleHistory, got {type(history).__name__}")
+        if isinstance(noisy_weight, bool) or not isinstance(noisy_weight, (int, float)) or not math.isfinite(noisy_weight) or noisy_weight < 0:
+            raise ValueError(f"noisy_weight (lambda) must be a finite number >= 0, got {noisy_weight!r}")
+        _check_count("warmup_epochs", warmup_epochs)
+        _check_count("min_clean", min_clean)
+        if not isinstance(measure_cosine, bool):
+            raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
+        super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
+        self.history = history
+        self.noisy_weight = float(noisy_weight)
+        self.warmup_epochs, self.min_clean = warmup_epochs, min_clean
+        self.measure_cosine = measure_cosine
+        self.epoch = 0
+        self.last_clean_mask: Tensor | None = None
+        self.last_fallback: Tensor | None = None
+        self.last_grad_cosine: Tensor | None = None
+        self._clean: Tensor | None = None  # the mask of the step in progress, for second_step's weights
+
+    # ------------------------------------------------------------------ epochs and state
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch about to start (0-based). Refreshes the history's global criteria if it changed."""
+        _check_count("epoch", epoch)
+        self.epoch = epoch
+        if self.history.stale:
+            self.history.refresh()
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
+
+    def _wrapper_state(self) -> dict[str, Any]:
+        return {"class": self._WRAPPER, "epoch": self.epoch, "history": self.history.state_dict()}
+
+    def _load_wrapper_state(self, wrapper: dict[str, Any] | None) -> None:
+        if wrapper is None:
+            raise ValueError("state_dict has no CA-SAM part (epoch, history): it was not saved by CASAM.state_dict()")
+        self.history.load_state_dict(wrapper["history"])
+        self.epoch = int(wrapper["epoch"])
+
+    # ------------------------------------------------------------------ the two steps
+    def first_step(  # type: ignore[override]
+        self,
+        losses: Tensor,
+        zero_grad: bool = True,
+        *,
+        logits: Tensor,
+        indices: Tensor,
+        labels: Tensor,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor:
+        """Record the batch, split it, back-propagate the clean mean and move to w + e.
+
+        losses: (B,) per-sample losses at w with their graph; logits: (B, C) of the same pass;
+        indices: (B,) positions of the samples in the training set; labels: (B,) given labels.
+        Gradients present before the call are discarded. Returns C as a (B,) bool mask (all True in warm-up).
+        """
+        self._check_idle()
+        self._check_losses(losses, "losses")
+        batch = losses.shape[0]
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"logits must have shape ({batch}, num_classes), got {shape}")
+        for name, t in (("indices", indices), ("labels", labels)):
+            if not isinstance(t, Tensor) or t.shape != (batch,):
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name} must have shape ({batch},), got {shape}")
+        self.zero_grad()  # this step owns the gradient: it back-propagates the clean mean itself
+        self._update_history(indices, logits, labels, losses)
+        if self.in_warmup:
+            clean = torch.ones(batch, dtype=torch.bool, device=losses.device)
+        else:
+            clean = self.history.clean_mask(indices, labels).to(losses.device)
+        fallback = clean.sum() < self.min_clean  # 0-dim tensor: no host sync
+        perturb_mask = clean | fallback
+        if self.measure_cosine:
+            full = self._grads_of(losses.mean())
+        loss = self._clean_mean(losses, perturb_mask)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.measure_cosine:
+            self.last_grad_cosine = self._cosine_with_grads(full)
+        self._perturb(zero_grad=zero_grad, scaler=scaler)
+        self._clean = clean
+        self.last_clean_mask, self.last_fallback = clean, fallback
+        return clean
+
+    def second_step(self, losses: Tensor | None = None, zero_grad: bool = True, *, scaler: torch.amp.GradScaler | None = None) -> Tensor | None:  # type: ignore[override]
+        """Back-propagate mean(a_i * l_i) of the losses at w + e, restore w, take the base step.
+
+        losses: (B,) per-sample losses at w + e (ignored, and may be None, when the scaler found the
+        first pass non-finite and the step is being skipped). Returns the detached weighted loss.
+        """
+        if not self._skip and self._perturbed is None:
+            raise RuntimeError("second_step() called without a preceding first_step()")
+        loss = None
+        if not self._skip:
+            if losses is None:
+                raise TypeError("second_step() needs the (B,) per-sample losses at the perturbed weights")
+            self._check_losses(losses, "losses")
+            if losses.shape != self._clean.shape:
+                raise ValueError(f"losses must have shape {tuple(self._clean.shape)} (the batch of first_step), got {tuple(losses.shape)}")
+            loss = self._weighted_mean(losses, self._clean)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        self._clean = None
+        self._restore_and_step(zero_grad=zero_grad, scaler=scaler)
+        return None if loss is None else loss.detach()
+
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], tuple[Tensor, Tensor]] | None = None,
+        *,
+        indices: Tensor | None = None,
+        labels: Tensor | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        model: nn.Module | None = None,
+    ) -> Tensor:
+        """One CA-SAM step; returns the first-pass mean loss (detached).
+
+        `closure()` returns (logits (B, C), losses (B,)) of the batch, with their graph, without
+        calling backward; it is called at w and at w + e (with `model`'s normalisation statistics
+        frozen the second time, if `model` is given). `indices` and `labels` are the batch's.
+        """
+        if closure is None:
+            raise TypeError("CASAM.step() needs a closure returning (logits, per-sample losses); or call first_step() and second_step()")
+        if indices is None or labels is None:
+            raise TypeError("CASAM.step() needs the batch's indices= and labels=")
+        closure = torch.enable_grad()(closure)
+        logits, losses = self._call_closure(closure)
+        self.first_step(losses, logits=logits, indices=indices, labels=labels, scaler=scaler)
+        losses2 = None
+        if not self._skip:
+            with frozen_bn_stats(model) if model is not None else contextlib.nullcontext():
+                _, losses2 = self._call_closure(closure)
+        self.second_step(losses2, zero_grad=False, scaler=scaler)
+        return losses.detach().mean()
+
+    # ------------------------------------------------------------------ one job each (DDP goes here)
+    def _update_history(self, indices: Tensor, logits: Tensor, labels: Tensor, losses: Tensor) -> None:
+        """Record the batch in the history. DDP: all-gather (indices, logits, labels, losses) first."""
+        self.history.update(indices, logits.detach(), labels, losses.detach())
+
+    def _clean_mean(self, losses: Tensor, mask: Tensor) -> Tensor:
+        """(1/|C|) sum_{i in C} l_i (0 if C is empty). DDP: |C| becomes the all-reduced global count
+        times the world size, so that DDP's gradient averaging yields the global clean mean."""
+        count = mask.sum().clamp_min(1).to(losses.dtype)
+        return torch.where(mask, losses, 0.0).sum() / count
+
+    def _weighted_mean(self, losses: Tensor, clean: Tensor) -> Tensor:
+        """(1/|B|) sum_i a_i l_i, a_i = 1 (clean) or lambda (noisy); lambda = 0 ignores even non-finite noisy losses."""
+        lam = self.noisy_weight
+        noisy = losses * lam if lam != 0 else torch.zeros_like(losses)
+        return torch.where(clean, losses, noisy).sum() / losses.shape[0]
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_losses(losses: Any, name: str) -> None:
+        if not isinstance(losses, Tensor):
+            raise TypeError(f"{name} must be a (B,) tensor of per-sample losses, got {type(losses).__name__}")
+        if losses.ndim != 1 or losses.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (B,) with B >= 1 (per-sample, reduction='none'), got {tuple(losses.shape)}")
+        if not losses.requires_grad:
+            raise ValueError(f"{name} do not require grad: pass the losses with their graph (not detached)")
+
+    @staticmethod
+    def _call_closure(closure: Callable[[], Any]) -> tuple[Tensor, Tensor]:
+        out = closure()
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+            got = "None" if out is None else type(out).__name__
+            raise TypeError(f"the closure must return (logits, per-sample losses) tensors, got {got}")
+        return out[0], out[1]
+
+    def _trainable(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _grads_of(self, loss: Tensor) -> list[Tensor]:
+        params = self._trainable()
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    @torch.no_grad()
+    def _cosine_with_grads(self, full: list[Tensor]) -> Tensor:
+        """cos(full, current .grad) via <a, b> = (|a + b|^2 - |a - b|^2) / 4, with foreach norms."""
+        params = self._trainable()
+        clean = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        device = params[0].device
+        a, b = _global_norm(full, device), _global_norm(clean, device)
+        plus = _global_norm(list(torch._foreach_add(full, clean)), device).square()
+        minus = _global_norm(list(torch._foreach_sub(full, clean)), device).square()
+        return ((plus - minus) / 4 / (a * b).clamp_min(1e-30)).clamp(-1, 1)

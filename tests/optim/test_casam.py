@@ -1,0 +1,284 @@
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from casam.history import SampleHistory
+from casam.optim import CASAM, SAM, frozen_bn_stats
+
+NOISY = [1, 4, 5, 8, 10]  # samples the hand-made history believes mislabelled
+
+
+def believed_history(tiny, *, criterion="agreement"):
+    """History whose every sample was seen once predicting class b_i: b_i = y_i except for NOISY."""
+    believed = tiny.y.clone()
+    believed[NOISY] = (believed[NOISY] + 1) % 3
+    history = SampleHistory(len(tiny.y), 3, beta=0.9, criterion=criterion)
+    history.update(tiny.idx, 10.0 * F.one_hot(believed, 3).double(), tiny.y)
+    clean = torch.ones(len(tiny.y), dtype=torch.bool)
+    clean[NOISY] = False
+    return history, clean
+
+
+def casam_step(opt, tiny, model):
+    clean = opt.first_step(tiny.losses(model), logits=model(tiny.x), indices=tiny.idx, labels=tiny.y)
+    loss = opt.second_step(tiny.losses(model))
+    return clean, loss
+
+
+def make(model, history, **kw):
+    options = dict(rho=0.3, lr=0.5, warmup_epochs=0, min_clean=1)
+    options.update(kw)
+    return CASAM(model.parameters(), torch.optim.SGD, history=history, **options)
+
+
+def test_one_step_equals_the_formula(tiny):
+    rho, lr, lam = 0.3, 0.5, 0.3
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    g_clean = tiny.grad(model, w, subset=clean)
+    norm = math.sqrt(sum(float((v**2).sum()) for v in g_clean.values()))
+    w_adv = {k: w[k] + rho * g_clean[k] / norm for k in w}
+    a = torch.where(clean, 1.0, torch.tensor(lam, dtype=torch.float64))
+    g = tiny.grad(model, w_adv, sample_weights=a)
+    expected = {k: w[k] - lr * g[k] for k in w}
+
+    opt = make(model, history, rho=rho, lr=lr, noisy_weight=lam)
+    logits = model(tiny.x)
+    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    assert torch.equal(mask, clean) and not bool(opt.last_fallback)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w_adv[name], rtol=1e-12, atol=1e-14)
+    losses2 = tiny.losses(model)
+    returned = opt.second_step(losses2)
+    torch.testing.assert_close(returned, (a * losses2.detach()).mean(), rtol=1e-14, atol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-12, atol=1e-14)
+
+
+def test_perturbation_equals_sam_on_the_clean_subset_alone(tiny):
+    model, subset, whole = tiny.model(), tiny.model(), tiny.model()
+    history, clean = believed_history(tiny)
+    opt = make(model, history)
+    opt.first_step(tiny.losses(model), logits=model(tiny.x), indices=tiny.idx, labels=tiny.y)
+    SAM(subset.parameters(), torch.optim.SGD, rho=0.3, lr=0.5).first_step(tiny.losses(subset, tiny.x[clean], tiny.y[clean]))
+    SAM(whole.parameters(), torch.optim.SGD, rho=0.3, lr=0.5).first_step(tiny.losses(whole))
+    for p, q in zip(model.parameters(), subset.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert max(float((p - r).detach().abs().max()) for p, r in zip(model.parameters(), whole.parameters())) > 1e-3  # the split matters
+
+
+@pytest.mark.parametrize("base, kwargs", [(torch.optim.SGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-3)), (torch.optim.AdamW, dict(lr=0.01))])
+def test_rho_zero_is_the_base_optimizer_exactly(tiny, same_params, base, kwargs):
+    model, ref = tiny.model(), tiny.model()
+    history, _ = believed_history(tiny)
+    opt = CASAM(model.parameters(), base, history=history, rho=0.0, warmup_epochs=0, min_clean=1, **kwargs)
+    ref_opt = base(ref.parameters(), **kwargs)
+    for _ in range(3):
+        clean, _ = casam_step(opt, tiny, model)
+        ref_opt.zero_grad()
+        tiny.losses(ref).mean().backward()
+        ref_opt.step()
+    assert not clean.all()  # a real split happened, and with rho = 0, lambda = 1 it changes nothing
+    assert same_params(model, ref)
+
+
+def test_all_clean_mask_is_sam_exactly(tiny, same_params):
+    def sam_step(opt, model):
+        opt.first_step(tiny.losses(model))
+        opt.second_step(tiny.losses(model))
+
+    # in warm-up (the history disagrees with half the labels but is not consulted) ...
+    model, ref = tiny.model(), tiny.model()
+    history, _ = believed_history(tiny)
+    opt = make(model, history, warmup_epochs=2, momentum=0.9, noisy_weight=0.2)
+    sam = SAM(ref.parameters(), torch.optim.SGD, rho=0.3, lr=0.5, momentum=0.9)
+    for _ in range(3):
+        clean, _ = casam_step(opt, tiny, model)
+        sam_step(sam, ref)
+        assert clean.all()
+    assert same_params(model, ref)
+    # ... and after it, with a history that agrees with every label
+    model, ref = tiny.model(), tiny.model()
+    history = SampleHistory(len(tiny.y), 3)
+    history.update(tiny.idx, 10.0 * F.one_hot(tiny.y, 3).double(), tiny.y)
+    opt = make(model, history, momentum=0.9, noisy_weight=0.2)
+    sam = SAM(ref.parameters(), torch.optim.SGD, rho=0.3, lr=0.5, momentum=0.9)
+    for _ in range(3):
+        clean, _ = casam_step(opt, tiny, model)
+        sam_step(sam, ref)
+        assert clean.all()
+    assert same_params(model, ref)
+
+
+def test_fallback_perturbs_with_the_whole_batch(tiny):
+    model, ref = tiny.model(), tiny.model()
+    history, clean = believed_history(tiny)
+    opt = make(model, history, min_clean=int(clean.sum()) + 1, noisy_weight=0.0)
+    sam = SAM(ref.parameters(), torch.optim.SGD, rho=0.3, lr=0.5)
+    mask = opt.first_step(tiny.losses(model), logits=model(tiny.x), indices=tiny.idx, labels=tiny.y)
+    sam.first_step(tiny.losses(ref))
+    assert bool(opt.last_fallback) and torch.equal(mask, clean) and torch.equal(opt.last_clean_mask, clean)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    losses2 = tiny.losses(model)
+    # the update still weights the likely-noisy samples by lambda (here 0)
+    torch.testing.assert_close(opt.second_step(losses2), losses2.detach()[clean].sum() / len(clean), rtol=1e-14, atol=0)
+
+
+def test_step_with_closure_matches_the_two_step_api(tiny, same_params):
+    model, ref = tiny.model(), tiny.model()
+    opt = make(model, believed_history(tiny)[0], noisy_weight=0.5)
+    ref_opt = make(ref, believed_history(tiny)[0], noisy_weight=0.5)
+    expected = tiny.losses(model).mean().detach()
+
+    def closure():
+        logits = model(tiny.x)
+        return logits, F.cross_entropy(logits, tiny.y, reduction="none")
+
+    returned = opt.step(closure, indices=tiny.idx, labels=tiny.y, model=model)
+    assert torch.equal(returned, expected)
+    casam_step(ref_opt, tiny, ref)
+    assert same_params(model, ref)
+    assert torch.equal(opt.history.probs, ref_opt.history.probs)
+    with pytest.raises(TypeError, match="closure must return \\(logits, per-sample losses\\) tensors, got None"):
+        opt.step(lambda: None, indices=tiny.idx, labels=tiny.y)
+    with pytest.raises(TypeError, match="indices= and labels="):
+        opt.step(closure)
+
+
+def test_state_dict_round_trip_continues_identically(tiny, same_params):
+    model = tiny.model()
+    opt = make(model, SampleHistory(12, 3, criterion="small-loss"), warmup_epochs=1, momentum=0.9, noisy_weight=0.5)
+    casam_step(opt, tiny, model)
+    opt.set_epoch(1)  # refreshes the small-loss flags from the first epoch
+    casam_step(opt, tiny, model)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    for _ in range(2):
+        casam_step(opt, tiny, model)
+
+    resumed = tiny.model()
+    resumed.load_state_dict(saved["model"])
+    opt2 = make(resumed, SampleHistory(12, 3, criterion="small-loss"), warmup_epochs=1, momentum=0.9, noisy_weight=0.5)
+    opt2.load_state_dict(saved["opt"])
+    assert opt2.epoch == 1
+    for _ in range(2):
+        casam_step(opt2, tiny, resumed)
+    assert same_params(model, resumed)
+    assert torch.equal(opt.history.flags, opt2.history.flags) and torch.equal(opt.history.losses, opt2.history.losses)
+    with pytest.raises(ValueError, match="no CA-SAM part"):
+        opt2.load_state_dict(torch.optim.SGD(resumed.parameters(), lr=0.1).state_dict())
+
+
+def test_set_epoch_ends_warmup_and_refreshes_only_a_stale_history(tiny):
+    model = tiny.model()
+    history = SampleHistory(12, 3, criterion="small-loss", clean_fraction=0.5)
+    opt = make(model, history, warmup_epochs=1)
+    clean, _ = casam_step(opt, tiny, model)
+    assert clean.all() and opt.in_warmup and history.stale
+    opt.set_epoch(1)
+    assert not opt.in_warmup and not history.stale
+    flags = history.flags.clone()
+    assert flags.sum() < 12  # half of each class
+    clean, _ = casam_step(opt, tiny, model)
+    assert torch.equal(clean, flags)
+    history.refresh()
+    history.flags.fill_(True)  # not stale any more: set_epoch must not recompute
+    opt.set_epoch(2)
+    assert history.flags.all()
+
+
+def test_grad_cosine_diagnostic(tiny):
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    opt = make(model, history, measure_cosine=True)
+    casam_step(opt, tiny, model)
+    w = tiny.weights(tiny.model())
+    g_full, g_clean = tiny.grad(model, w), tiny.grad(model, w, subset=clean)
+    dot = sum(float((g_full[k] * g_clean[k]).sum()) for k in w)
+    norms = [math.sqrt(sum(float((g[k] ** 2).sum()) for k in w)) for g in (g_full, g_clean)]
+    assert float(opt.last_grad_cosine) == pytest.approx(dot / norms[0] / norms[1], abs=1e-5)
+    assert float(opt.last_grad_cosine) < 0.99
+    assert make(tiny.model(), history).last_grad_cosine is None  # off by default
+
+
+def test_bad_input(tiny):
+    model = tiny.model()
+    history = SampleHistory(12, 3)
+    with pytest.raises(TypeError, match="history must be a casam.history.SampleHistory"):
+        CASAM(model.parameters(), torch.optim.SGD, history=None, lr=0.1)
+    with pytest.raises(ValueError, match="noisy_weight"):
+        make(model, history, noisy_weight=-0.5)
+    with pytest.raises(ValueError, match="warmup_epochs must be an integer >= 0, got -1"):
+        make(model, history, warmup_epochs=-1)
+    with pytest.raises(ValueError, match="rho must be a finite number >= 0, got -1"):
+        make(model, history, rho=-1)
+    opt = make(model, history)
+    with pytest.raises(ValueError, match="epoch"):
+        opt.set_epoch(-1)
+    logits = model(tiny.x)
+    losses = F.cross_entropy(logits, tiny.y, reduction="none")
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        opt.first_step(losses.mean(), logits=logits, indices=tiny.idx, labels=tiny.y)
+    with pytest.raises(ValueError, match="do not require grad"):
+        opt.first_step(losses.detach(), logits=logits, indices=tiny.idx, labels=tiny.y)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 12\), got 12"):
+        opt.first_step(losses, logits=logits, indices=tiny.idx + 1, labels=tiny.y)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\), got 3"):
+        opt.first_step(losses, logits=logits, indices=tiny.idx, labels=torch.full_like(tiny.y, 3))
+    with pytest.raises(ValueError, match=r"indices must have shape \(12,\)"):
+        opt.first_step(losses, logits=logits, indices=tiny.idx[:3], labels=tiny.y)
+    with pytest.raises(RuntimeError, match="without a preceding first_step"):
+        opt.second_step(losses)
+    assert not opt.perturbed and all(p.grad is None for p in model.parameters())
+    opt.first_step(losses, logits=logits, indices=tiny.idx, labels=tiny.y)
+    with pytest.raises(TypeError, match="per-sample losses at the perturbed weights"):
+        opt.second_step(None)
+    with pytest.raises(ValueError, match=r"losses must have shape \(12,\)"):
+        opt.second_step(tiny.losses(model)[:5])
+
+
+def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
+    """Digits with 40 % symmetric label noise: after warm-up the split is far purer than the labels.
+
+    Measured (this seed): precision 0.98-0.99, recall 0.86-0.94 over epochs 3-6, accuracy 0.93.
+    """
+    x, y_true = digits
+    rng = np.random.default_rng(0)
+    n = len(y_true)
+    flip = torch.from_numpy(rng.random(n) < 0.4)
+    y = torch.where(flip, (y_true + torch.from_numpy(rng.integers(1, 10, n))) % 10, y_true)
+    truly_clean = y == y_true
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+    history = SampleHistory(n, 10, beta=0.5, criterion="agreement")
+    opt = CASAM(model.parameters(), torch.optim.SGD, history=history, rho=0.05, lr=0.2, momentum=0.9, warmup_epochs=3, noisy_weight=0.2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=7)
+    selected, truth = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for epoch in range(7):
+            opt.set_epoch(epoch)
+            for idx in torch.randperm(n, generator=gen).split(128):
+                logits = model(x[idx])
+                clean = opt.first_step(F.cross_entropy(logits, y[idx], reduction="none"), logits=logits, indices=idx, labels=y[idx])
+                with frozen_bn_stats(model):
+                    opt.second_step(F.cross_entropy(model(x[idx]), y[idx], reduction="none"))
+                if epoch >= 3:
+                    selected.append(clean)
+                    truth.append(truly_clean[idx])
+            sched.step()
+    selected, truth = torch.cat(selected), torch.cat(truth)
+    precision = float(truth[selected].float().mean())
+    recall = float(selected[truth].float().mean())
+    assert precision > 0.95 and recall > 0.8, (precision, recall)  # the labels themselves are 60 % clean
+    model.eval()
+    assert float((model(x).argmax(1) == y_true).float().mean()) > 0.88

@@ -1,0 +1,129 @@
+"""`casam train` end to end on real data: outputs, kill-and-resume equality, checkpoint fallback, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from casam import checkpoint
+from casam.cli import main
+from casam.config import resolve
+from casam.train import TrainingDiverged, train
+
+TIMING = ("epoch_time_s", "samples_per_s", "data_fraction")
+
+
+def rows(run_dir):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def test_fashion_mnist_run_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--train-subset", "400", "--epochs", "2", "--warmup", "1", "--out", str(out), "--progress", "false"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        ["checkpoint.pt", "checkpoint.prev.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+    )
+    history = rows(out)
+    assert [r["epoch"] for r in history] == [1, 2]
+    for key in ("train_loss", "test_acc", "sel_precision", "sel_recall", "sel_f1", "selected_fraction", "memorization", "lr"):
+        assert key in history[-1]
+    assert history[-1]["test_acc"] > 0.3  # ten classes: chance is 0.1
+    # warm-up epoch selects everything, so its precision is the clean fraction (50 % noise)
+    assert history[0]["selected_fraction"] == 1.0 and abs(history[0]["sel_precision"] - 0.5) < 0.01
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_acc"] == history[-1]["test_acc"] and summary["epochs"] == 2
+    assert resolve(yaml_path=str(out / "config.yaml")).train_subset == 400
+    printed = capsys.readouterr().out
+    assert "casam+ce on fashion-mnist (symmetric:0.5)" in printed and "likely-clean" in printed
+
+
+def _train_cmd(out, epochs):
+    return [
+        sys.executable, "-m", "casam", "train", "--dataset", "fashion-mnist", "--train-subset", "3000",
+        "--model", "cnn", "--optimizer", "casam", "--warmup", "1", "--epochs", str(epochs),
+        "--out", str(out), "--progress", "false", "--tensorboard", "false",
+    ]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(tmp_path / "whole", 3), check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, 3), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = checkpoint.load_latest(killed)[0]["epoch"]
+    assert done < 3, "the run finished before it was killed; make the epochs longer"
+
+    subprocess.run([sys.executable, "-m", "casam", "train", "--resume", str(killed)], check=True, env=env, capture_output=True)
+    assert rows(killed) == rows(tmp_path / "whole")
+    for run in ("whole", "killed"):
+        assert json.loads((tmp_path / run / "summary.json").read_text())["epochs"] == 3
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    base = ["train", "--dataset", "digits", "--model", "mlp", "--optimizer", "sam", "--train-subset", "none", "--progress", "false"]
+    assert main(base + ["--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "run"
+    assert main(base + ["--epochs", "3", "--out", str(run)]) == 0
+    (run / "checkpoint.pt").write_bytes(b"torn")  # the epoch-3 checkpoint is damaged
+    assert main(["train", "--resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoint.pt'} is unreadable" in err and "checkpoint.prev.pt (epoch 2)" in err
+    assert rows(run) == rows(tmp_path / "whole")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    from casam import learners
+
+    config = resolve(overrides={"dataset": "digits", "model": "mlp", "optimizer": "sgd", "train_subset": "none",
+                                "epochs": "4", "out": str(tmp_path), "progress": "false"})
+    real_step, calls = learners.SingleLearner.step, {"n": 0}
+    steps_per_epoch = -(-1437 // 128)
+
+    def step(self, x, y, idx):
+        out = real_step(self, x, y, idx)
+        calls["n"] += 1
+        if calls["n"] > 2 * steps_per_epoch:  # the third epoch goes wrong
+            out.losses[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(learners.SingleLearner, "step", step)
+    with pytest.raises(TrainingDiverged, match="became nan in epoch 3.*last good checkpoint \\(epoch 2\\)"):
+        train(config)
+    assert checkpoint.load_latest(tmp_path)[0]["epoch"] == 2
+    assert [r["epoch"] for r in rows(tmp_path)] == [1, 2]
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_run_folder_protection_and_bad_input(tmp_path, capsys):
+    base = ["train", "--dataset", "digits", "--model", "mlp", "--optimizer", "sgd", "--epochs", "1", "--progress", "false"]
+    assert main(base + ["--out", str(tmp_path)]) == 0
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    assert main(base + ["--out", str(tmp_path)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before  # nothing lost
+    assert main(base + ["--out", str(tmp_path), "--overwrite", "--seed", "1"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "holds no casam run" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path), "--lr", "0.5"]) == 2
+    assert "only device" in capsys.readouterr().err
+    assert main(base + ["--rho", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "rho must be >= 0; got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main(base + ["--no-such-flag"])
+    assert torch.get_num_threads() >= 1
