@@ -125,7 +125,36 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+        if self.selection == "coteaching" and self.optimizer == "casam":
+            raise ConfigError(
+                "optimizer casam with selection coteaching is refused: Co-teaching already picks each network's "
+                "samples from its peer's small losses, so CA-SAM's history would see only those and split them again; "
+                "use --optimizer sam (or asam) with --selection coteaching"
+            )
         return self
+
+    def check_relevant(self, given: set[str] | list[str]) -> None:
+        """Refuse options that were set explicitly but mean nothing for the chosen method."""
+        used_by = {
+            "rho": ("optimizer", ("sam", "asam", "casam")),
+            "warmup": ("optimizer", ("casam",)),
+            "criterion": ("optimizer", ("casam",)),
+            "history_beta": ("optimizer", ("casam",)),
+            "noisy_weight": ("optimizer", ("casam",)),
+            "min_clean": ("optimizer", ("casam",)),
+            "forget_rate": ("selection", ("coteaching",)),
+            "num_gradual": ("selection", ("coteaching",)),
+            "momentum": ("base_optimizer", ("sgd",)),
+            "milestones": ("schedule", ("step",)),
+            "gamma": ("schedule", ("step",)),
+        }
+        for name in given:
+            if name in used_by:
+                owner, values = used_by[name]
+                if getattr(self, owner) not in values:
+                    raise ConfigError(
+                        f"{name} only applies with {owner} {' or '.join(values)}, not {owner} {getattr(self, owner)}; drop it or change {owner}"
+                    )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -227,12 +256,19 @@ def save_yaml(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def resolve(*, yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """defaults < YAML file < command-line overrides, then validated."""
+def resolve(*, yaml_path: str | None = None, overrides: dict[str, Any] | None = None, strict: bool = False) -> TrainConfig:
+    """defaults < YAML file < command-line overrides, then validated.
+
+    strict: also refuse options given on the command line that the chosen method does not use
+    (a resolved config.yaml lists every option, so files are not checked this way).
+    """
     values: dict[str, Any] = {}
     if yaml_path is not None:
         values.update(load_yaml(yaml_path))
     config = TrainConfig.from_dict(values, source=str(yaml_path) if yaml_path else "config")
     for key, value in (overrides or {}).items():
         setattr(config, key, coerce(value, key, name=key, source="command line"))
-    return config.validate()
+    config.validate()
+    if strict:
+        config.check_relevant(list(overrides or {}))
+    return config

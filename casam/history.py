@@ -43,6 +43,7 @@ C = 100): 20 MB in float32, 10 MB in float16, + 0.85 MB.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -56,11 +57,11 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class SampleHistory:
@@ -112,9 +113,9 @@ class SampleHistory:
                 import sklearn.mixture  # noqa: F401
             except ImportError as error:
                 raise ImportError("criterion 'gmm' needs scikit-learn: pip install 'casam[sklearn]'") from error
-        self.num_samples, self.num_classes = num_samples, num_classes
+        self.num_samples, self.num_classes = int(num_samples), int(num_classes)
         self.beta, self.criterion, self.tau = float(beta), criterion, float(tau)
-        self.clean_fraction, self.seed = clean_fraction, seed
+        self.clean_fraction, self.seed = (None if clean_fraction is None else float(clean_fraction)), int(seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.probs = torch.zeros(num_samples, num_classes, dtype=dtype, device=self.device)
         self.losses = torch.zeros(num_samples, dtype=torch.float32, device=self.device)

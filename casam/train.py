@@ -132,7 +132,9 @@ def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.de
         return build_model(config.model, num_classes=c, in_channels=shape[0], image_size=shape[1:]).to(device)
 
     def loss():
-        return build_loss(config.loss, num_samples=n, num_classes=c).to(device)
+        # published settings: CIFAR-100's for CIFAR-100, CIFAR-10's (the papers' defaults) otherwise
+        preset = "cifar100" if config.dataset == "cifar100" else "cifar10"
+        return build_loss(config.loss, num_samples=n, num_classes=c, preset=preset).to(device)
 
     if config.selection == "coteaching":
         from casam.selection import CoTeachingSelector

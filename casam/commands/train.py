@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
             config = resolve(yaml_path=str(config_path), overrides={**overrides, "out": args.resume})
             train(config, resume=True)
         else:
-            config = resolve(yaml_path=args.config, overrides=overrides)
+            config = resolve(yaml_path=args.config, overrides=overrides, strict=True)
             train(config, overwrite=args.overwrite)
     except TrainingDiverged as error:
         print(f"casam train: {error}", file=sys.stderr)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,7 @@ __all__ = ["CASAM"]
 
 
 def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
@@ -86,7 +87,7 @@ class CASAM(SAM):
     ) -> None:
         if not isinstance(history, SampleHistory):
             raise TypeError(f"history must be a casam.history.SampleHistory, got {type(history).__name__}")
-        if isinstance(noisy_weight, bool) or not isinstance(noisy_weight, (int, float)) or not math.isfinite(noisy_weight) or noisy_weight < 0:
+        if isinstance(noisy_weight, bool) or not isinstance(noisy_weight, numbers.Real) or not math.isfinite(noisy_weight) or noisy_weight < 0:
             raise ValueError(f"noisy_weight (lambda) must be a finite number >= 0, got {noisy_weight!r}")
         _check_count("warmup_epochs", warmup_epochs)
         _check_count("min_clean", min_clean)
@@ -95,7 +96,7 @@ class CASAM(SAM):
         super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
         self.history = history
         self.noisy_weight = float(noisy_weight)
-        self.warmup_epochs, self.min_clean = warmup_epochs, min_clean
+        self.warmup_epochs, self.min_clean = int(warmup_epochs), int(min_clean)
         self.measure_cosine = measure_cosine
         self.epoch = 0
         self.last_clean_mask: Tensor | None = None
@@ -107,7 +108,7 @@ class CASAM(SAM):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch about to start (0-based). Refreshes the history's global criteria if it changed."""
         _check_count("epoch", epoch)
-        self.epoch = epoch
+        self.epoch = int(epoch)
         if self.history.stale:
             self.history.refresh()
 
