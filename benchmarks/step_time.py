@@ -1,7 +1,7 @@
 """Median time of one training step under SGD, SAM and CA-SAM, on the same model and batch.
 
-    python benchmarks/step_time.py                       # both models, default rounds (~1-2 min on 2 CPU cores)
-    python benchmarks/step_time.py --models cnn --rounds 9
+    python benchmarks/step_time.py                       # both models, 9 rounds x 3 steps (~1 min on 2 idle cores)
+    python benchmarks/step_time.py --models cnn --rounds 15
 
 Each round times `--steps` steps of each optimizer, interleaved step by step (SGD, SAM, CA-SAM, SGD,
 ..., the order rotating from round to round so that none always runs first), after `--warmup`
@@ -120,8 +120,8 @@ def bench_model(model_name: str, *, batch: int, rounds: int, steps: int, warmup:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per optimizer per round (default 2)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds (default 9)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per optimizer per round (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per optimizer at the start (default 2)")
     parser.add_argument("--batch-cnn", type=int, default=MODELS["cnn"][2])
     parser.add_argument("--batch-resnet", type=int, default=MODELS["preact_resnet18"][2])

@@ -13,6 +13,7 @@ COMMANDS = {
     "data": "inspect a data set and its label noise before training on it",
     "train": "train a classifier on noisily-labelled data",
     "plot": "compare runs in one PNG (accuracy, selection precision, memorisation)",
+    "bench": "run a grid of methods x noises x seeds in parallel and write the results table",
 }
 
 

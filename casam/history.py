@@ -13,12 +13,13 @@ forward pass the optimizer makes anyway (no extra pass).
 
 Criteria for "likely clean" (`criterion=`):
 
-| name         | rule                                                                          | when computed   |
-| ------------ | ----------------------------------------------------------------------------- | --------------- |
-| `agreement`  | argmax h_i == y_i                                                             | every step      |
-| `confidence` | h_i[y_i] >= tau                                                               | every step      |
-| `small-loss` | per class, the fraction r of the samples with that given label with the lowest l_i | `refresh()` |
-| `gmm`        | 2-component Gaussian mixture on the (min-max normalised) l_i of every visited sample (scikit-learn); clean if P(low-mean component) > 0.5 | `refresh()` |
+| name         | likely clean if                                                           | computed     |
+| ------------ | ------------------------------------------------------------------------- | ------------ |
+| `agreement`  | argmax h_i == y_i                                                         | every step   |
+| `confidence` | h_i[y_i] >= tau                                                           | every step   |
+| `small-loss` | l_i is among the lowest fraction r of the l_j with the same given label  | `refresh()`  |
+| `gmm`        | P(low-mean component) > 0.5 under a 2-component Gaussian mixture fitted   | `refresh()`  |
+|              | to the min-max normalised l_i of all visited samples (scikit-learn)       |              |
 
 The two global criteria need the whole data set, so `refresh()` computes them once per epoch (CASAM
 calls it in `set_epoch` when the history changed since the last refresh; call it yourself otherwise)

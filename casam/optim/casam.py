@@ -23,6 +23,9 @@ Steps 1-3 share the forward pass the training loop makes anyway: the cost is SAM
 or `opt.step(closure, indices=idx, labels=y, model=model)` where `closure()` returns (logits, per-sample
 losses) for the batch, with their graph and without calling backward.
 
+Mixed precision: run the forward passes under `torch.autocast` and pass the GradScaler as `scaler=` to
+both steps; the steps scale their own backward passes (see `casam.optim.sam` for the skipping rules).
+
 Diagnostics, cheap (no host sync): `last_clean_mask` (B,) bool (C), `last_fallback` 0-dim bool.
 `measure_cosine=True` also sets `last_grad_cosine`, the cosine between g_C and the full-batch gradient
 (one extra backward per step, so off by default).

@@ -1,0 +1,33 @@
+"""benchmarks/step_time.py stays runnable and keeps its output contract (a tiny run, not a timing)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_time.py"
+
+
+@pytest.fixture(scope="module")
+def step_time():
+    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_last_line_is_the_json_summary(step_time, capsys):
+    step_time.main(["--models", "cnn", "--rounds", "2", "--steps", "1", "--warmup", "0", "--batch-cnn", "8"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary) >= {"casam_over_sam", "sam_over_sgd", "models"}
+    cnn = summary["models"]["cnn"]
+    assert summary["casam_over_sam"] == cnn["casam_over_sam"] > 0 and summary["sam_over_sgd"] == cnn["sam_over_sgd"] > 0
+    assert cnn["sgd_s"] > 0 and cnn["batch"] == 8
+    assert "CA-SAM/SAM" in lines[-2]
+
+
+def test_refuses_bad_flags(step_time):
+    with pytest.raises(SystemExit):
+        step_time.main(["--rounds", "0"])

@@ -1,0 +1,300 @@
+"""`casam bench` end to end on real data: a tiny grid on the digits data set run by two worker
+processes, its report, skipping, resuming, failures, refusals; and --quick on benchmarks/grid.yaml."""
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from casam.bench import CSV_COLUMNS, GridError, expand_grid, load_grid, parse_method
+from casam.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = REPO / "benchmarks" / "grid.yaml"
+REQUIRED = "dataset,noise,method,seed,epochs,last_acc,best_acc,sel_precision,sel_recall,memorization,sec_per_epoch".split(",")
+TIMING = ("epoch_time_s", "samples_per_s", "data_fraction")
+TINY = {
+    "base": {"dataset": "digits", "train_subset": None, "model": "mlp", "epochs": 2, "batch_size": 64, "lr": 0.05},
+    "noises": ["symmetric:0.2", "symmetric:0.5"],
+    "seeds": [0, 1],
+    "methods": {"sgd+ce": {}, "casam+ce": {"rho": 0.05, "warmup": 1}},
+}
+RUN_IDS = [f"{n}/{m}/seed{s}" for n in TINY["noises"] for m in TINY["methods"] for s in TINY["seeds"]]
+
+
+def write_grid(path, grid):
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return str(path)
+
+
+def bench(*args):
+    return main(["bench", "--no-progress", *map(str, args)])
+
+
+def read_csv(out):
+    with open(Path(out) / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        return reader.fieldnames, list(reader)
+
+
+def run_dir(out, run_id):
+    noise, method, seed = run_id.split("/")
+    return Path(out) / "runs" / noise.replace(":", "-") / method / seed
+
+
+def metric_rows(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+
+
+def summary_mtimes(out):
+    return {p: p.stat().st_mtime_ns for p in Path(out).glob("runs/*/*/seed*/summary.json")}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny grid, run once: (grid file, output folder, printed output)."""
+    root = tmp_path_factory.mktemp("bench")
+    grid = write_grid(root / "grid.yaml", TINY)
+    out = root / "out"
+    assert bench("--grid", grid, "--out", out, "--workers", 2) == 0
+    return grid, out
+
+
+@pytest.fixture
+def tiny_copy(tiny, tmp_path):
+    """A private copy of the finished tiny grid (run configs keep their old `out`, which bench ignores)."""
+    grid, out = tiny
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    return grid, copy
+
+
+# ---------------------------------------------------------------------------------------------- report
+def test_results_csv_has_one_row_per_run_with_fractions_and_blanks(tiny):
+    _, out = tiny
+    columns, rows = read_csv(out)
+    assert columns[: len(REQUIRED)] == REQUIRED and tuple(columns) == CSV_COLUMNS
+    assert sorted(f"{r['noise']}/{r['method']}/seed{r['seed']}" for r in rows) == sorted(RUN_IDS)
+    for row in rows:
+        assert row["dataset"] == "digits" and row["epochs"] == "2"
+        for key in ("last_acc", "best_acc", "memorization"):
+            assert 0 <= float(row[key]) <= 1
+        assert float(row["best_acc"]) >= float(row["last_acc"])
+        assert float(row["last_acc"]) > 0.3  # ten classes: chance is 0.1
+        assert float(row["sec_per_epoch"]) > 0
+        if row["method"] == "sgd+ce":  # selects nothing: not applicable, so empty
+            assert row["sel_precision"] == "" and row["sel_recall"] == ""
+        else:
+            assert 0 <= float(row["sel_precision"]) <= 1 and 0 <= float(row["sel_recall"]) <= 1
+
+
+def test_table_has_mean_and_std_over_seeds_and_a_headline(tiny):
+    _, out = tiny
+    text = (out / "table.md").read_text()
+    cell = r"\d+\.\d ± \d+\.\d"  # two seeds: a real standard deviation
+    headline = text.split("## Headline")[1].split("\n## ")[0]
+    assert "| method | symmetric:0.2 | symmetric:0.5 |" in headline
+    for method in TINY["methods"]:
+        assert re.search(rf"^\| {re.escape(method)} \| {cell} \| {cell} \|$", headline, re.M), method
+    full = text.split("## Every noise setting")[1]
+    for noise in TINY["noises"]:
+        sgd = re.search(rf"^\| {noise} \| sgd\+ce \| 2 \| {cell} \| {cell} \| – \| – \| {cell} \| [\d.]+ \| 1\.00 \|$", full, re.M)
+        casam = re.search(rf"^\| {noise} \| casam\+ce \| 2 \| {cell} \| {cell} \| {cell} \| {cell} \| {cell} \| [\d.]+ \| [\d.]+ \|$", full, re.M)
+        assert sgd and casam, noise
+    assert "Data set digits" in text and "2 epochs" in text and "seeds 0, 1" in text
+    assert "| sgd+ce | – |" in text and "| casam+ce | rho 0.05, warmup 1, criterion agreement, history_beta 0.9," in text
+
+
+def test_plots_are_png_images(tiny):
+    import matplotlib.image
+
+    _, out = tiny
+    for name in ("accuracy_vs_noise.png", "curves_symmetric-0.5.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 100 and image.shape[1] > 300
+
+
+def test_per_epoch_curves_stay_in_every_run_folder(tiny):
+    _, out = tiny
+    for run_id in RUN_IDS:
+        rows = metric_rows(run_dir(out, run_id) / "metrics.jsonl")
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert all("test_acc" in r and "memorization" in r for r in rows)
+        assert ("sel_precision" in rows[-1]) == ("casam" in run_id)
+    ignored = (out / ".gitignore").read_text()
+    assert "!runs/" in ignored and "runs/**/checkpoint*.pt" in ignored
+
+
+def test_report_only_remakes_the_same_report_without_training(tiny_copy, capsys):
+    grid, out = tiny_copy
+    before = (out / "results.csv").read_text(), (out / "table.md").read_text()
+    mtimes = summary_mtimes(out)
+    for name in ("results.csv", "table.md", "accuracy_vs_noise.png", "curves_symmetric-0.5.png"):
+        (out / name).unlink()
+    assert bench("--grid", grid, "--out", out, "--report-only") == 0
+    after = (out / "results.csv").read_text(), (out / "table.md").read_text()
+    assert after[0].replace(str(out), "") == before[0].replace(str(out), "") and after[1] == before[1]
+    assert (out / "accuracy_vs_noise.png").is_file() and (out / "curves_symmetric-0.5.png").is_file()
+    assert summary_mtimes(out) == mtimes
+    assert bench("--grid", grid, "--out", out, "--report-only", "--quick") == 2
+    assert "--report-only runs nothing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- resuming
+def test_second_invocation_skips_finished_runs(tiny_copy, capsys):
+    grid, out = tiny_copy
+    mtimes = summary_mtimes(out)
+    assert len(mtimes) == 8
+    assert bench("--grid", grid, "--out", out, "--workers", 2) == 0
+    printed = capsys.readouterr().out
+    assert "8 of 8 runs already finished, skipped" in printed and "0 done, 0 resumed, 8 skipped" in printed
+    assert summary_mtimes(out) == mtimes
+
+
+def test_half_done_run_is_resumed_and_a_failed_run_does_not_stop_the_others(tiny_copy, capsys):
+    grid, out = tiny_copy
+    # killed after epoch 1: the epoch-1 checkpoint is the newest, one metrics line, no summary
+    half = run_dir(out, "symmetric:0.5/casam+ce/seed1")
+    whole = metric_rows(half / "metrics.jsonl")
+    shutil.copy(half / "checkpoint.prev.pt", half / "checkpoint.pt")
+    (half / "metrics.jsonl").write_text((half / "metrics.jsonl").read_text().splitlines(keepends=True)[0])
+    (half / "summary.json").unlink()
+    # a run that cannot go on: both checkpoints are garbage
+    broken = run_dir(out, "symmetric:0.2/sgd+ce/seed0")
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json"):
+        (broken / name).unlink()
+        if name != "summary.json":
+            (broken / name).write_bytes(b"not a checkpoint")
+    mtimes = summary_mtimes(out)
+
+    assert bench("--grid", grid, "--out", out, "--workers", 2) == 1
+    captured = capsys.readouterr()
+    assert "symmetric:0.5/casam+ce/seed1 resumed" in captured.out
+    assert "1 done" not in captured.out and "0 done, 1 resumed, 6 skipped (finished before), 1 failed" in captured.out
+    assert "failed: symmetric:0.2/sgd+ce/seed0" in captured.err
+    assert metric_rows(half / "metrics.jsonl") == whole  # the same epochs as the uninterrupted run
+    assert (broken / "bench-error.log").read_text().strip()
+    assert all(summary_mtimes(out)[p] == t for p, t in mtimes.items())  # the others untouched
+    _, rows = read_csv(out)  # the report covers the seven finished runs
+    assert len(rows) == 7 and "1 unfinished run(s) are not included" in (out / "table.md").read_text()
+
+
+def test_run_folder_configured_differently_is_refused(tiny_copy, tmp_path, capsys):
+    _, out = tiny_copy
+    grid = write_grid(tmp_path / "longer.yaml", {**TINY, "base": {**TINY["base"], "epochs": 3}})
+    mtimes = summary_mtimes(out)
+    assert bench("--grid", grid, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "holds a run configured differently (epochs 2, not 3)" in err and err.count("\n") == 1
+    assert summary_mtimes(out) == mtimes
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": {"sgd+ce": {"colour": "red"}}}, "unknown option 'colour'"),
+        ({"methods": {"sgd+ce": {"rho": 0.1}}}, "rho only applies with optimizer sam or asam or casam"),
+        ({"methods": {"adam+ce": {}}}, "method 'adam+ce' is not OPTIMIZER+LOSS"),
+        ({"noises": ["symmetric:0.2", "gaussian:0.3"]}, "noise kind must be one of"),
+        ({"noises": ["symmetric:1.5"]}, "symmetric:1.5"),
+        ({"noises": ["asymmetric:0.4"]}, "noise asymmetric:0.4 cannot be applied to digits"),
+        ({"base": {**TINY["base"], "noise": "none"}}, "base sets 'noise'"),
+        ({"seeds": [0, 0]}, "seeds lists 0 more than once"),
+        ({"budget": 3}, "unknown key 'budget'"),
+    ],
+)
+def test_bad_grid_is_refused_before_anything_runs(tmp_path, capsys, change, message):
+    grid = write_grid(tmp_path / "grid.yaml", {**TINY, **change})
+    out = tmp_path / "out"
+    assert bench("--grid", grid, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("casam bench: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_missing_grid_and_bad_options_are_refused(tmp_path, capsys):
+    assert bench("--grid", tmp_path / "nope.yaml", "--out", tmp_path / "out") == 2
+    assert "grid file" in capsys.readouterr().err
+    grid = write_grid(tmp_path / "grid.yaml", TINY)
+    assert bench("--grid", grid, "--out", tmp_path / "out", "--only", "pairflip*") == 2
+    assert "--only 'pairflip*' matches none of the 8 runs" in capsys.readouterr().err
+    assert bench("--grid", grid, "--out", tmp_path / "out", "--curves", "symmetric:0.8") == 2
+    assert "--curves 'symmetric:0.8' is not a noise setting of the grid" in capsys.readouterr().err
+    assert bench("--out", tmp_path / "empty", "--report-only") == 2
+    assert "holds no runs/ folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_second_bench_into_the_same_folder_is_refused(tmp_path, capsys):
+    from casam.bench import lock_out
+
+    grid = write_grid(tmp_path / "grid.yaml", TINY)
+    held = lock_out(tmp_path / "out")
+    try:
+        assert bench("--grid", grid, "--out", tmp_path / "out") == 2
+    finally:
+        held.close()
+    assert "another casam bench is running into" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_method_names_and_only_patterns(tmp_path):
+    assert parse_method("sgd+ce+coteaching") == {"optimizer": "sgd", "loss": "ce", "selection": "coteaching"}
+    assert parse_method("sam+ce@rho0.1") == {"optimizer": "sam", "loss": "ce", "selection": "none"}
+    for bad in ("SGD+CE", "sgd+ce+none", "sgd", "sgd+ce@bad tag"):
+        with pytest.raises(GridError):
+            parse_method(bad)
+    grid = load_grid(write_grid(tmp_path / "grid.yaml", TINY))
+    runs = expand_grid(grid, out=tmp_path, only=["*/casam+ce/*", "symmetric:0.2/sgd+ce/seed1"])
+    assert [r.id for r in runs] == [  # order: noise, then method (grid order), then seed
+        "symmetric:0.2/sgd+ce/seed1", "symmetric:0.2/casam+ce/seed0", "symmetric:0.2/casam+ce/seed1",
+        "symmetric:0.5/casam+ce/seed0", "symmetric:0.5/casam+ce/seed1",
+    ]
+    assert runs[1].config.optimizer == "casam" and runs[1].config.warmup == 1 and runs[0].config.rho == 0.05
+    assert runs[1].run_dir == tmp_path / "runs" / "symmetric-0.2" / "casam+ce" / "seed0"
+
+
+# ---------------------------------------------------------------------------------------------- the real grid
+def test_benchmarks_grid_is_the_issue_grid(tmp_path):
+    grid = load_grid(GRID)
+    runs = expand_grid(grid, out=tmp_path)
+    assert len(runs) == 6 * 9 * 3
+    assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
+    assert list(grid.methods) == [
+        "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr",
+    ]
+    for run in runs:  # the same budget for every method
+        c = run.config
+        assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
+            "fashion-mnist", 10000, "cnn", 40, 128, 0.02, "cosine", 0.0, 0.9,
+        )
+        if c.optimizer != "sgd":
+            assert c.rho == 0.05
+    quick = expand_grid(grid, out=tmp_path, quick=True)
+    assert len(quick) == 6 * 9 and {r.seed for r in quick} == {0}
+    assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
+
+
+def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
+    """What CI runs (one noise setting of it, to stay fast; the whole --quick grid takes about 1.5 min)."""
+    out = tmp_path / "quick"
+    assert bench("--grid", GRID, "--out", out, "--quick", "--only", "symmetric:0.5/*") == 0
+    methods = list(load_grid(GRID).methods)
+    _, rows = read_csv(out)
+    assert [r["method"] for r in rows] == methods
+    assert all(r["noise"] == "symmetric:0.5" and r["seed"] == "0" and 0 <= float(r["last_acc"]) <= 1 for r in rows)
+    selects = {r["method"] for r in rows if r["sel_precision"]}
+    assert selects == {"casam+ce", "sgd+ce+coteaching", "casam+elr"}
+    text = (out / "table.md").read_text()
+    headline = text.split("## Headline")[1].split("\n## ")[0]
+    body = [line for line in headline.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
+    assert [line.split(" | ")[0][2:] for line in body] == methods
+    assert all(re.fullmatch(r"\| \S+ \| \d+\.\d ± – \|", line) for line in body)
+    assert (out / "curves_symmetric-0.5.png").read_bytes()[:4] == b"\x89PNG"
