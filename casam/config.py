@@ -54,6 +54,7 @@ class TrainConfig:
     gamma: float = 0.1
     # SAM family
     rho: float = 0.05
+    sam_sync: bool = True  # DDP: all-reduce the first-pass gradient; false = per-rank perturbation (m-sharpness)
     # CA-SAM
     warmup: int = 2
     criterion: str = "agreement"
@@ -68,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     eval_batch_size: int = 1000
+    sync_bn: bool = False  # DDP: batch statistics over the global batch (SyncBatchNorm); false = per rank
     out: str | None = None
     progress: bool = True
     tensorboard: bool = True
@@ -125,6 +127,11 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         if self.precision == "fp16" and self.device == "cpu":
             raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+        if self.precision == "fp16" and not self.sam_sync:
+            raise ConfigError(
+                "sam_sync false with precision fp16 is refused: a rank whose local first-pass gradient overflows "
+                "would skip its step while the others take theirs; use bf16 or sam_sync true"
+            )
         if self.selection == "coteaching" and self.optimizer == "casam":
             raise ConfigError(
                 "optimizer casam with selection coteaching is refused: Co-teaching already picks each network's "
@@ -137,6 +144,7 @@ class TrainConfig:
         """Refuse options that were set explicitly but mean nothing for the chosen method."""
         used_by = {
             "rho": ("optimizer", ("sam", "asam", "casam")),
+            "sam_sync": ("optimizer", ("sam", "asam", "casam")),
             "warmup": ("optimizer", ("casam",)),
             "criterion": ("optimizer", ("casam",)),
             "history_beta": ("optimizer", ("casam",)),

@@ -7,6 +7,13 @@ with any loss to a batch whose first forward pass is already done; `SingleLearne
 
 Every learner's `step` returns the first pass's detached logits and per-sample losses (the metrics
 reuse them: no extra forward pass) and the likely-clean mask of the methods that select.
+
+Distributed (DDP): the learners hold the DDP-wrapped network(s) for training and expose the plain
+network as `eval_model` and in `state_dict` (so checkpoints load with or without DDP). With
+`sam_sync=False` (SAM's m-sharpness) the first pass's forward and backward run inside
+`casam.distributed.local_gradients` (DDP's no_sync: DDP decides at forward time whether to all-reduce),
+so each rank perturbs by its own gradient. Per-sample state outside the optimizer (ELR's targets,
+Co-teaching's epoch losses) is updated from all ranks' batches, so every rank holds the same state.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from casam import distributed
+from casam.losses import NoisyLabelLoss
 from casam.optim import CASAM, SAM, frozen_bn_stats
 
 
@@ -56,27 +65,34 @@ def update_on_batch(
     logits: torch.Tensor,
     losses: torch.Tensor,
     precision: Precision,
+    *,
+    local_first_pass: bool = False,
 ) -> torch.Tensor | None:
     """One optimisation step of `model` on (x, y, idx), whose first pass gave `logits`, `losses` (with graph).
 
+    local_first_pass: SAM-family only, m-sharpness: the first backward and the perturbation stay per
+    rank (the caller must have run the first forward inside `first_pass_context` as well).
     Returns CA-SAM's likely-clean mask, else None.
     """
     scaler = precision.scaler
+    first = distributed.local_gradients(model) if local_first_pass else contextlib.nullcontext()
 
     def second_pass() -> torch.Tensor:
         with frozen_bn_stats(model), precision.autocast():
             return loss_fn(model(x), y, idx).float()
 
     if isinstance(optimizer, CASAM):
-        clean = optimizer.first_step(losses, logits=logits, indices=idx, labels=y, scaler=scaler)
+        with first:
+            clean = optimizer.first_step(losses, logits=logits, indices=idx, labels=y, scaler=scaler)
         optimizer.second_step(second_pass(), scaler=scaler)
         return clean
     loss = losses.mean()
     if scaler is not None:
         loss = scaler.scale(loss)
     if isinstance(optimizer, SAM):
-        loss.backward()
-        optimizer.first_step(zero_grad=True, scaler=scaler)
+        with first:
+            loss.backward()
+            optimizer.first_step(zero_grad=True, scaler=scaler)
         loss2 = second_pass().mean()
         (scaler.scale(loss2) if scaler is not None else loss2).backward()
         optimizer.second_step(zero_grad=True, scaler=scaler)
@@ -91,23 +107,41 @@ def update_on_batch(
     return None
 
 
-class SingleLearner:
-    """One network, trained on every sample of the batch (CA-SAM does its own split inside)."""
+def first_pass_context(model: nn.Module, local: bool):
+    """The context of a SAM-family first forward: `local_gradients(model)` for m-sharpness, else nothing."""
+    return distributed.local_gradients(model) if local else contextlib.nullcontext()
 
-    def __init__(self, model, optimizer, loss_fn, precision: Precision):
+
+def observe(loss_fn, logits: torch.Tensor, idx: torch.Tensor) -> None:
+    """`loss_fn.observe` with every rank's batch (all-gathered) when the loss keeps per-sample state."""
+    if distributed.is_distributed() and type(loss_fn).observe is not NoisyLabelLoss.observe:
+        logits, idx = distributed.all_gather_cat(logits), distributed.all_gather_cat(idx)
+    loss_fn.observe(logits, idx)
+
+
+class SingleLearner:
+    """One network, trained on every sample of the batch (CA-SAM does its own split inside).
+
+    model: the network, DDP-wrapped under a process group. sam_sync=False: m-sharpness (module docstring).
+    """
+
+    def __init__(self, model, optimizer, loss_fn, precision: Precision, *, sam_sync: bool = True):
         self.model, self.optimizer, self.loss_fn, self.precision = model, optimizer, loss_fn, precision
         self.selects = isinstance(optimizer, CASAM)
+        self.local_first_pass = not sam_sync and isinstance(optimizer, SAM)
 
     @property
     def eval_model(self) -> nn.Module:
-        return self.model
+        return distributed.unwrap_model(self.model)
 
     def step(self, x, y, idx) -> StepOutput:
-        with self.precision.autocast():
+        with first_pass_context(self.model, self.local_first_pass), self.precision.autocast():
             logits = self.model(x)
-        self.loss_fn.observe(logits.detach().float(), idx)
+        observe(self.loss_fn, logits.detach().float(), idx)
         losses = self.loss_fn(logits.float(), y, idx)
-        selected = update_on_batch(self.model, self.optimizer, self.loss_fn, x, y, idx, logits, losses, self.precision)
+        selected = update_on_batch(
+            self.model, self.optimizer, self.loss_fn, x, y, idx, logits, losses, self.precision, local_first_pass=self.local_first_pass
+        )
         return StepOutput(logits.detach(), losses.detach(), selected)
 
     def set_epoch(self, epoch: int) -> None:
@@ -118,10 +152,10 @@ class SingleLearner:
         """Nothing to do: CA-SAM refreshes its history's global criteria in `set_epoch`."""
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict()}
+        return {"model": self.eval_model.state_dict(), "optimizer": self.optimizer.state_dict(), "loss": self.loss_fn.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.eval_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss_fn.load_state_dict(state["loss"])
 
@@ -144,8 +178,9 @@ class CoTeachingLearner:
 
     ESTIMATE_EPOCH = 1
 
-    def __init__(self, models, optimizers, loss_fns, precision: Precision, *, selector, num_samples: int, device):
+    def __init__(self, models, optimizers, loss_fns, precision: Precision, *, selector, num_samples: int, device, sam_sync: bool = True):
         self.models, self.optimizers, self.loss_fns, self.precision = models, optimizers, loss_fns, precision
+        self.local_first_pass = not sam_sync and isinstance(optimizers[0], SAM)
         self.selector = selector
         self.selects = True
         self.epoch = 0
@@ -154,14 +189,14 @@ class CoTeachingLearner:
 
     @property
     def eval_model(self) -> nn.Module:
-        return self.models[0]
+        return distributed.unwrap_model(self.models[0])
 
     def step(self, x, y, idx) -> StepOutput:
         logits, losses = [], []
         for model, loss_fn in zip(self.models, self.loss_fns):
-            with self.precision.autocast():
+            with first_pass_context(model, self.local_first_pass), self.precision.autocast():
                 out = model(x)
-            loss_fn.observe(out.detach().float(), idx)
+            observe(loss_fn, out.detach().float(), idx)
             logits.append(out)
             losses.append(loss_fn(out.float(), y, idx))
         if self.selector.forget_rate is None:  # not estimated yet: keep every sample
@@ -169,8 +204,11 @@ class CoTeachingLearner:
         else:
             keep_a, keep_b = self.selector.select(losses[0].detach(), losses[1].detach(), self.epoch)
         for model, opt, loss_fn, out, loss, keep in zip(self.models, self.optimizers, self.loss_fns, logits, losses, (keep_a, keep_b)):
-            update_on_batch(model, opt, loss_fn, x[keep], y[keep], idx[keep], out[keep], loss[keep], self.precision)
-        self.epoch_losses[idx] = losses[0].detach()
+            update_on_batch(
+                model, opt, loss_fn, x[keep], y[keep], idx[keep], out[keep], loss[keep], self.precision,
+                local_first_pass=self.local_first_pass,
+            )
+        self.epoch_losses[distributed.all_gather_cat(idx)] = distributed.all_gather_cat(losses[0].detach())
         selected = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         selected[keep_a] = True
         return StepOutput(logits[0].detach(), losses[0].detach(), selected)
@@ -188,7 +226,7 @@ class CoTeachingLearner:
 
     def state_dict(self) -> dict:
         return {
-            "models": [m.state_dict() for m in self.models],
+            "models": [distributed.unwrap_model(m).state_dict() for m in self.models],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "losses": [fn.state_dict() for fn in self.loss_fns],
             "selector": self.selector.state_dict(),
@@ -196,7 +234,7 @@ class CoTeachingLearner:
 
     def load_state_dict(self, state: dict) -> None:
         for module, saved in zip(self.models, state["models"]):
-            module.load_state_dict(saved)
+            distributed.unwrap_model(module).load_state_dict(saved)
         for opt, saved in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(saved)
         for fn, saved in zip(self.loss_fns, state["losses"]):

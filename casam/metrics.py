@@ -96,10 +96,11 @@ class EpochMeter:
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, *, autocast=None) -> dict[str, float]:
-    """Test accuracy and loss of `model` over a BatchLoader (no augmentation, no shuffling).
+def eval_sums(model: torch.nn.Module, loader, *, autocast=None) -> torch.Tensor:
+    """(3,) float64 on the CPU: [correct predictions, summed cross-entropy, samples] over a BatchLoader.
 
-    Accuracy is measured against the loader's given labels, which for a test split are the true ones.
+    Sums, so that the parts of a test split evaluated on several ranks add up (all-reduce, then
+    `eval_scores`). Correct means argmax == the loader's given labels (for a test split, the true ones).
     """
     was_training = model.training
     model.eval()
@@ -113,7 +114,23 @@ def evaluate(model: torch.nn.Module, loader, *, autocast=None) -> dict[str, floa
         loss += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
         total += len(y)
     model.train(was_training)
-    return {"test_acc": (correct / total).item(), "test_loss": (loss / total).item()}
+    return torch.stack([correct, loss, torch.tensor(float(total), dtype=torch.float64)])
+
+
+def eval_scores(sums: torch.Tensor) -> dict[str, float]:
+    """{"test_acc", "test_loss"} from `eval_sums` output (possibly summed over ranks); NaN with no samples."""
+    correct, loss, total = sums.tolist()
+    if not total:
+        return {"test_acc": math.nan, "test_loss": math.nan}
+    return {"test_acc": correct / total, "test_loss": loss / total}
+
+
+def evaluate(model: torch.nn.Module, loader, *, autocast=None) -> dict[str, float]:
+    """Test accuracy and loss of `model` over a BatchLoader (no augmentation, no shuffling).
+
+    Accuracy is measured against the loader's given labels, which for a test split are the true ones.
+    """
+    return eval_scores(eval_sums(model, loader, autocast=autocast))
 
 
 class _null:

@@ -8,6 +8,12 @@ Reproducibility: the network's initial weights come from the seed; the batch ord
 augmentation of every epoch are a pure function of (seed, epoch) (see `BatchLoader.set_epoch`);
 everything else that changes during training is in the checkpoint. So on the CPU a run resumed
 after a kill ends with exactly the metrics of an uninterrupted one.
+
+Multi-process (`torchrun --nproc_per_node=N -m casam train ...`, see docs/distributed.md): every rank
+runs this same loop on its shard of each epoch's permutation with a DDP-wrapped network; `batch_size`
+is per rank (global batch = N x batch_size). Train metrics and test counts are summed over ranks (the
+test split is cut into contiguous per-rank slices). Only rank 0 touches the run folder and prints; a
+resume needs the same number of ranks.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from casam import checkpoint
+from casam import checkpoint, distributed
 from casam.config import ConfigError, TrainConfig, save_yaml
 from casam.data import BatchLoader, NoisyDataset, load_dataset
 from casam.history import SampleHistory
 from casam.learners import CoTeachingLearner, Precision, SingleLearner
 from casam.losses import build_loss
-from casam.metrics import EpochMeter, evaluate
+from casam.metrics import EpochMeter, eval_scores, eval_sums
 from casam.models import build_model
 from casam.noise import parse_noise
 from casam.optim import ASAM, CASAM, SAM
@@ -125,11 +131,13 @@ def build_scheduler(config: TrainConfig, optimizer):
 
 
 def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.device, precision: Precision):
+    """The learner and its schedulers; under a process group the networks are DDP-wrapped (see casam.distributed)."""
     n, c = len(train_set), train_set.num_classes
     shape = tuple(train_set.images.shape[1:])
 
     def network():
-        return build_model(config.model, num_classes=c, in_channels=shape[0], image_size=shape[1:]).to(device)
+        model = build_model(config.model, num_classes=c, in_channels=shape[0], image_size=shape[1:]).to(device)
+        return distributed.wrap_model(model, device=device, sync_bn=config.sync_bn)
 
     def loss():
         # published settings: CIFAR-100's for CIFAR-100, CIFAR-10's (the papers' defaults) otherwise
@@ -142,12 +150,44 @@ def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.de
         models = [network(), network()]
         optimizers = [build_optimizer(config, m, num_samples=n, num_classes=c, device=device) for m in models]
         selector = CoTeachingSelector(forget_rate=config.forget_rate, num_gradual=config.num_gradual)
-        learner = CoTeachingLearner(models, optimizers, [loss(), loss()], precision, selector=selector, num_samples=n, device=device)
+        learner = CoTeachingLearner(
+            models, optimizers, [loss(), loss()], precision, selector=selector, num_samples=n, device=device, sam_sync=config.sam_sync
+        )
     else:
         model = network()
-        learner = SingleLearner(model, build_optimizer(config, model, num_samples=n, num_classes=c, device=device), loss(), precision)
+        optimizer = build_optimizer(config, model, num_samples=n, num_classes=c, device=device)
+        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync)
     optimizers = learner.optimizers if hasattr(learner, "optimizers") else [learner.optimizer]
     return learner, [build_scheduler(config, opt) for opt in optimizers]
+
+
+def test_shard(test_set: NoisyDataset) -> NoisyDataset | None:
+    """This rank's contiguous slice of the test split (the whole split in one process; None if empty).
+
+    Slices, not BatchLoader's padded shards: evaluation needs no equal sizes, and exact counts need no repeats.
+    """
+    n, r, w = len(test_set), distributed.rank(), distributed.world_size()
+    if w == 1:
+        return test_set
+    lo, hi = n * r // w, n * (r + 1) // w
+    if lo == hi:
+        return None
+    return NoisyDataset(
+        test_set.images[lo:hi], test_set.labels[lo:hi], classes=test_set.classes, name=test_set.name, mean=test_set.mean, std=test_set.std
+    )
+
+
+def check_world_size(state: dict[str, Any], run_dir: Path) -> None:
+    saved, now = state.get("world_size", 1), distributed.world_size()
+    if saved != now:
+        raise RunDirError(
+            f"the run in {run_dir} was trained with {saved} process(es) and cannot resume with {now}: "
+            f"relaunch with {saved} (torchrun --nproc_per_node/--nnodes), since the batch order depends on it"
+        )
+
+
+def _quiet(*args, **kwargs) -> None:
+    """`log` of the ranks other than 0."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -243,26 +283,55 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
 
 # ---------------------------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
-    """Train as `config` says; returns the summary. Writes into `config.out` (see module docstring)."""
+    """Train as `config` says; returns the summary. Writes into `config.out` (see module docstring).
+
+    Under torchrun (RANK/WORLD_SIZE set) this joins the process group, trains with DDP and leaves it.
+    """
     config.validate()
-    device = pick_device(config.device)
+    try:
+        device = distributed.setup(config.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        if not distributed.is_distributed():
+            device = pick_device(config.device)
+        return _train(config, device, resume=resume, overwrite=overwrite, log=log)
+    finally:
+        distributed.cleanup()
+
+
+def _prepare(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     run_dir = prepare_run_dir(config.out or default_run_name(config), resume=resume, overwrite=overwrite)
     if not resume:
         save_yaml(config, run_dir / "config.yaml")
+    return run_dir
 
-    torch.manual_seed(config.seed)
-    train_set, test_set = load_data(config)
+
+def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite: bool, log) -> dict[str, Any]:
+    main = distributed.is_main_process()  # the only rank that writes files and prints
+    log = log if main else _quiet
+    show_progress = config.progress and main
+    world = distributed.world_size()
+    run_dir = distributed.run_on_main(lambda: _prepare(config, resume=resume, overwrite=overwrite))
+
+    torch.manual_seed(config.seed)  # the same on every rank (DDP also broadcasts rank 0's weights)
+    train_set, test_set = distributed.main_first(lambda: load_data(config))  # rank 0 downloads first
     train_set, test_set = train_set.to(device), test_set.to(device)
     augment = config.augment if config.augment != "auto" else ("crop_flip" if config.dataset.startswith("cifar") else "none")
-    loader = BatchLoader(train_set, batch_size=config.batch_size, shuffle=True, augment=augment, seed=config.seed)
-    test_loader = BatchLoader(test_set, batch_size=config.eval_batch_size, shuffle=False)
+    loader = BatchLoader(
+        train_set, batch_size=config.batch_size, shuffle=True, augment=augment, seed=config.seed,
+        rank=distributed.rank(), world_size=world,
+    )
+    test_part = test_shard(test_set)
+    test_loader = None if test_part is None else BatchLoader(test_part, batch_size=config.eval_batch_size, shuffle=False)
     precision = Precision(config.precision, device)
     learner, schedulers = build_learner(config, train_set, device, precision)
     is_noisy = train_set.is_noisy.to(device) if train_set.is_noisy is not None else None
 
     start_epoch, elapsed = 0, 0.0
-    if resume:
+    if resume:  # every rank loads the same checkpoint
         state, path = checkpoint.load_latest(run_dir)
+        check_world_size(state, run_dir)
         learner.load_state_dict(state["learner"])
         for scheduler, saved in zip(schedulers, state["schedulers"]):
             scheduler.load_state_dict(saved)
@@ -270,14 +339,14 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         start_epoch, elapsed = state["epoch"], state["elapsed_s"]
         log(f"casam: resuming {run_dir} after epoch {start_epoch} ({path.name})")
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
-    writer = open_tensorboard(config, run_dir)
+    writer = open_tensorboard(config, run_dir) if main else None
 
     for epoch in range(start_epoch, config.epochs):
         loader.set_epoch(epoch)
         learner.set_epoch(epoch)
         meter = EpochMeter(device)
         data_time, t0 = 0.0, time.perf_counter()
-        batches = iter(progress(loader, enabled=config.progress, desc=f"epoch {epoch + 1}/{config.epochs}"))
+        batches = iter(progress(loader, enabled=show_progress, desc=f"epoch {epoch + 1}/{config.epochs}"))
         while True:
             t_data = time.perf_counter()
             batch = next(batches, None)
@@ -293,6 +362,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - t0
+        meter.sums = distributed.all_reduce_sum(meter.sums)  # every rank now holds the global sums
         row = {"epoch": epoch + 1, **meter.compute()}
         if not math.isfinite(row["train_loss"]):
             kept = f"the last good checkpoint (epoch {epoch}) stays in {run_dir}" if epoch else "no checkpoint was written"
@@ -300,42 +370,48 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 f"the training loss became {row['train_loss']} in epoch {epoch + 1}, so training stopped; {kept}; "
                 "try a lower --lr or --rho"
             )
-        row.update(evaluate(learner.eval_model, test_loader, autocast=precision.autocast))
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        if test_loader is not None:
+            sums = eval_sums(learner.eval_model, test_loader, autocast=precision.autocast).to(device)
+        row.update(eval_scores(distributed.all_reduce_sum(sums)))
         row.update(learner.diagnostics())
         row.update(
             lr=schedulers[0].get_last_lr()[0],
             epoch_time_s=epoch_time,
-            samples_per_s=len(loader) * config.batch_size / epoch_time,
+            samples_per_s=len(loader) * config.batch_size * world / epoch_time,
             data_fraction=data_time / epoch_time,
         )
         elapsed += time.perf_counter() - t0
         rows.append(row)
-        write_metrics(run_dir / "metrics.jsonl", rows)
-        checkpoint.save(
-            run_dir,
-            {
-                "epoch": epoch + 1,
-                "elapsed_s": elapsed,
-                "learner": learner.state_dict(),
-                "schedulers": [s.state_dict() for s in schedulers],
-                "rng": rng_state(),
-                "config": config.to_dict(),
-            },
-        )
-        if writer is not None:
-            for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
-                    writer.add_scalar(key, value, epoch + 1)
-        if config.progress:
-            shown = ", ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k in ("train_loss", "test_acc", "sel_precision", "sel_recall", "memorization")
+        if main:  # the one writer: metrics, checkpoint, tensorboard, console
+            write_metrics(run_dir / "metrics.jsonl", rows)
+            checkpoint.save(
+                run_dir,
+                {
+                    "epoch": epoch + 1,
+                    "elapsed_s": elapsed,
+                    "learner": learner.state_dict(),
+                    "schedulers": [s.state_dict() for s in schedulers],
+                    "rng": rng_state(),
+                    "config": config.to_dict(),
+                    "world_size": world,
+                },
             )
-            log(f"epoch {epoch + 1:3d}/{config.epochs}: {shown}, {epoch_time:.1f} s")
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                        writer.add_scalar(key, value, epoch + 1)
+            if config.progress:
+                shown = ", ".join(
+                    f"{k} {v:.4f}" for k, v in row.items() if k in ("train_loss", "test_acc", "sel_precision", "sel_recall", "memorization")
+                )
+                log(f"epoch {epoch + 1:3d}/{config.epochs}: {shown}, {epoch_time:.1f} s")
 
-    if writer is not None:
-        writer.close()
     summary = summarize(rows, elapsed)
-    checkpoint.atomic_write_bytes(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
-    log(format_summary(config, summary, run_dir))
+    if main:
+        if writer is not None:
+            writer.close()
+        checkpoint.atomic_write_bytes(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        log(format_summary(config, summary, run_dir))
+    distributed.barrier()  # the other ranks leave only once rank 0 has written everything
     return summary
-

@@ -28,6 +28,9 @@ HELP = {
     "noisy_weight": "CA-SAM lambda: weight of likely-noisy samples in the update",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",
+    "batch_size": "samples per batch PER PROCESS (under torchrun the global batch is nproc x this)",
+    "sam_sync": "torchrun: all-reduce SAM's first-pass gradient (false: per-rank perturbation, m-sharpness)",
+    "sync_bn": "torchrun: batch-norm statistics over the global batch (SyncBatchNorm; false: per rank)",
     "out": "run folder (default: runs/DATASET-NOISE-METHOD-seedSEED)",
 }
 
@@ -95,11 +98,17 @@ def main(argv: list[str]) -> int:
             config = resolve(yaml_path=args.config, overrides=overrides, strict=True)
             train(config, overwrite=args.overwrite)
     except TrainingDiverged as error:
-        print(f"casam train: {error}", file=sys.stderr)
+        _report(error)
         return 1
     except (ConfigError, RunDirError, CheckpointError, DataNotFoundError, ValueError) as error:
         if os.environ.get("CASAM_DEBUG"):
             raise
-        print(f"casam train: {error}", file=sys.stderr)
+        _report(error)
         return 2
     return 0
+
+
+def _report(error: Exception) -> None:
+    """Print a refusal once: under torchrun every rank meets the same error, and rank 0 speaks for all."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"casam train: {error}", file=sys.stderr)

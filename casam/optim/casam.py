@@ -30,9 +30,11 @@ Diagnostics, cheap (no host sync): `last_clean_mask` (B,) bool (C), `last_fallba
 `measure_cosine=True` also sets `last_grad_cosine`, the cosine between g_C and the full-batch gradient
 (one extra backward per step, so off by default).
 
-Data parallel (later): `_update_history` is where (indices, outputs) will be all-gathered so every rank
-holds the same history, and `_clean_mean` is where the clean count will be all-reduced so the averaged
-gradient is that of the global clean mean. Nothing else needs to change.
+Data parallel (DDP, see docs/distributed.md): `_update_history` all-gathers (indices, logits, labels,
+losses) from every rank before recording them, so every rank holds the same history and makes the same
+split; `_clean_mean` normalises by the all-reduced global clean count (times the world size, since DDP
+averages the ranks' gradients), so the averaged perturbation gradient is that of the global clean mean.
+Inside `casam.distributed.local_gradients` (m-sharpness: no gradient sync) it uses the local count.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from casam import distributed
 from casam.history import SampleHistory
 from casam.optim.bn import frozen_bn_stats
 from casam.optim.sam import SAM, _global_norm
@@ -226,13 +229,32 @@ class CASAM(SAM):
 
     # ------------------------------------------------------------------ one job each (DDP goes here)
     def _update_history(self, indices: Tensor, logits: Tensor, labels: Tensor, losses: Tensor) -> None:
-        """Record the batch in the history. DDP: all-gather (indices, logits, labels, losses) first."""
-        self.history.update(indices, logits.detach(), labels, losses.detach())
+        """Record the batch in the history; under DDP the batches of all ranks, so every history is the same.
+
+        One all-gather of a packed (B, C + 3) tensor [logits | loss | index | label] per step (float32,
+        exact for indices < 2^24; float64 beyond). One process: the batch itself, unpacked.
+        """
+        if not distributed.is_distributed():
+            self.history.update(indices, logits.detach(), labels, losses.detach())
+            return
+        dtype = torch.float32 if self.history.num_samples <= 2**24 else torch.float64
+        packed = torch.cat(
+            [logits.detach().to(dtype), losses.detach().to(dtype)[:, None], indices.to(dtype)[:, None], labels.to(dtype)[:, None]], dim=1
+        )
+        packed = distributed.all_gather_cat(packed)
+        c = logits.shape[1]
+        self.history.update(packed[:, c + 1].long(), packed[:, :c], packed[:, c + 2].long(), packed[:, c])
 
     def _clean_mean(self, losses: Tensor, mask: Tensor) -> Tensor:
-        """(1/|C|) sum_{i in C} l_i (0 if C is empty). DDP: |C| becomes the all-reduced global count
-        times the world size, so that DDP's gradient averaging yields the global clean mean."""
-        count = mask.sum().clamp_min(1).to(losses.dtype)
+        """(1/|C|) sum_{i in C} l_i (0 if C is empty). Under DDP with synchronised gradients the local sum is
+        divided by |C_global| / world_size (|C_global| all-reduced), so that DDP's averaging of the ranks'
+        gradients yields grad (1/|C_global|) sum_{i in C_global} l_i."""
+        count = mask.sum()
+        if distributed.gradients_synchronised():
+            count = distributed.all_reduce_sum(count).to(losses.dtype) / distributed.world_size()
+            count = count.clamp_min(1.0 / distributed.world_size())
+        else:
+            count = count.clamp_min(1).to(losses.dtype)
         return torch.where(mask, losses, 0.0).sum() / count
 
     def _weighted_mean(self, losses: Tensor, clean: Tensor) -> Tensor:
