@@ -6,8 +6,16 @@ so that `casam train --help` shows only what training needs.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags get one line naming the problem, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 COMMANDS = {
     "data": "inspect a data set and its label noise before training on it",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import gc
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -89,6 +90,9 @@ def cleanup() -> None:
     """Destroy the process group if `setup` created it (a group made by the caller is left alone)."""
     global _OWNS_GROUP
     if _OWNS_GROUP and dist.is_initialized():
+        # DDP wrappers (reference cycles) keep the gloo backend alive until collected; a backend that
+        # outlives the interpreter's shutdown aborts the process ("terminate called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
     _OWNS_GROUP = False
 
@@ -130,7 +134,8 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     tensor = tensor.contiguous()
     out = torch.empty((world_size() * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    dist.all_gather_into_tensor(out, tensor)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.13
+    gather(out, tensor)
     return out
 
 
@@ -185,10 +190,13 @@ def wrap_model(model: nn.Module, *, device: torch.device, sync_bn: bool = False)
 
     DDP broadcasts rank 0's weights here, so every rank starts alike. Per-rank batch-norm statistics
     by default (each rank normalises with its own batch; the running statistics are rank 0's, which
-    DDP broadcasts before each forward); `sync_bn` computes batch statistics over the global batch.
+    DDP broadcasts before each forward); `sync_bn` computes batch statistics over the global batch
+    (CUDA only: PyTorch's SyncBatchNorm has no CPU kernel). One process: `model` as it is.
     """
     if not is_distributed():
         return model
+    if sync_bn and device.type != "cuda":
+        raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU implementation); drop --sync-bn on the CPU")
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None

@@ -123,6 +123,14 @@ def _reverse_ce(logits: torch.Tensor, targets: torch.Tensor, log_zero: float) ->
     return -log_zero * off
 
 
+def _init_weighted_pair(loss: nn.Module, alpha: float, beta: float, log_zero: float) -> None:
+    """Shared by SCE and APL: alpha (active term) and beta (reverse CE) weights, and RCE's log 0."""
+    loss.alpha, loss.beta = _check_weight("alpha", alpha), _check_weight("beta", beta)
+    loss.log_zero = _check_log_zero(log_zero)
+    if loss.alpha == 0 and loss.beta == 0:
+        raise ValueError("alpha and beta cannot both be 0: the loss would be identically zero.")
+
+
 class SCELoss(NoisyLabelLoss):
     """Symmetric cross-entropy (Wang et al., "Symmetric Cross Entropy for Robust Learning with Noisy
     Labels", ICCV 2019).
@@ -137,10 +145,7 @@ class SCELoss(NoisyLabelLoss):
 
     def __init__(self, *, alpha: float = 0.1, beta: float = 1.0, log_zero: float = RCE_LOG_ZERO, num_classes: int | None = None):
         super().__init__(num_classes=num_classes)
-        self.alpha, self.beta = _check_weight("alpha", alpha), _check_weight("beta", beta)
-        self.log_zero = _check_log_zero(log_zero)
-        if self.alpha == 0 and self.beta == 0:
-            raise ValueError("alpha and beta cannot both be 0: the loss would be identically zero.")
+        _init_weighted_pair(self, alpha, beta, log_zero)
 
     def forward(self, logits, targets, indices=None):
         self._check(logits, targets)
@@ -160,10 +165,7 @@ class APLLoss(NoisyLabelLoss):
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, log_zero: float = RCE_LOG_ZERO, num_classes: int | None = None):
         super().__init__(num_classes=num_classes)
-        self.alpha, self.beta = _check_weight("alpha", alpha), _check_weight("beta", beta)
-        self.log_zero = _check_log_zero(log_zero)
-        if self.alpha == 0 and self.beta == 0:
-            raise ValueError("alpha and beta cannot both be 0: the loss would be identically zero.")
+        _init_weighted_pair(self, alpha, beta, log_zero)
 
     def forward(self, logits, targets, indices=None):
         self._check(logits, targets)

@@ -295,9 +295,14 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     try:
         if not distributed.is_distributed():
             device = pick_device(config.device)
-        return _train(config, device, resume=resume, overwrite=overwrite, log=log)
-    finally:
-        distributed.cleanup()
+        summary = _train(config, device, resume=resume, overwrite=overwrite, log=log)
+    except (ConfigError, RunDirError, TrainingDiverged, checkpoint.CheckpointError):
+        distributed.cleanup()  # decided from shared state, so raised alike on every rank: leave the group together
+        raise
+    # any other error may hit one rank while the others wait in a collective: leaving the group then can
+    # hang (NCCL), so the process exits holding it and torchrun stops the other ranks
+    distributed.cleanup()
+    return summary
 
 
 def _prepare(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:

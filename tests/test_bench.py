@@ -273,7 +273,7 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     for run in runs:  # the same budget for every method
         c = run.config
         assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
-            "fashion-mnist", 10000, "cnn", 40, 128, 0.02, "cosine", 0.0, 0.9,
+            "fashion-mnist", 10000, "cnn", 20, 128, 0.02, "cosine", 0.0, 0.9,
         )
         if c.optimizer != "sgd":
             assert c.rho == 0.05

@@ -2,7 +2,6 @@
 batch, m-sharpness perturbs per rank, histories agree across ranks, and `torchrun -m casam train` writes
 one set of outputs and resumes."""
 
-import copy
 import json
 import os
 import shutil
@@ -244,3 +243,23 @@ def test_torchrun_train_writes_one_set_of_outputs_and_resumes(tmp_path):
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert refused.returncode == 2
     assert "trained with 2 process(es) and cannot resume with 1" in refused.stderr
+
+
+# ---------------------------------------------------------------------------------------------- one process
+def test_single_process_helpers_are_no_ops(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.setup("cpu") == torch.device("cpu") and not dist.is_initialized()
+    t = torch.arange(6).view(3, 2)
+    assert distributed.all_gather_cat(t) is t and distributed.all_reduce_sum(t) is t
+    assert distributed.world_size() == 1 and distributed.is_main_process() and not distributed.gradients_synchronised()
+    model = nn.Linear(2, 2)
+    assert distributed.wrap_model(model, device=torch.device("cpu"), sync_bn=True) is model
+    assert distributed.run_on_main(lambda: 7) == 7 and distributed.main_first(lambda: 8) == 8
+    distributed.cleanup()
+
+
+def test_m_sharpness_with_fp16_is_refused():
+    from casam.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match="sam_sync false with precision fp16 is refused"):
+        TrainConfig(device="cuda", precision="fp16", sam_sync=False).validate()

@@ -15,16 +15,11 @@ import os
 import sys
 import time
 
-
-class _Parser(argparse.ArgumentParser):
-    """Bad flags get one line, not the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+from casam.cli import OneLineErrorParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="casam bench",
         description=(
             "Run a benchmark grid (methods x noise settings x seeds) in parallel worker processes, resumably, "

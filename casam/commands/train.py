@@ -7,6 +7,8 @@ import os
 import sys
 import typing
 
+from casam.cli import OneLineErrorParser
+
 from casam.config import TrainConfig, field_types
 
 # Options a resumed run may change: they do not alter what is computed.
@@ -35,15 +37,10 @@ HELP = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags get one line, not the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="casam train",
         description="Train a classifier on noisily-labelled data. Defaults < --config YAML < flags.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -164,7 +164,10 @@ class CASAM(SAM):
             clean = torch.ones(batch, dtype=torch.bool, device=losses.device)
         else:
             clean = self.history.clean_mask(indices, labels).to(losses.device)
-        fallback = clean.sum() < self.min_clean  # 0-dim tensor: no host sync
+        count = clean.sum()
+        if distributed.gradients_synchronised():  # under DDP every rank falls back together, on the global count
+            count = distributed.all_reduce_sum(count)
+        fallback = count < self.min_clean  # 0-dim tensor: no host sync
         perturb_mask = clean | fallback
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
