@@ -41,7 +41,7 @@ from casam.models import build_model
 from casam.noise import parse_noise
 from casam.optim import ASAM, CASAM, SAM
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", checkpoint.CURRENT, checkpoint.PREVIOUS)
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "suspects.csv", checkpoint.CURRENT, checkpoint.PREVIOUS)
 
 
 class TrainingDiverged(RuntimeError):
@@ -276,9 +276,67 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
         )
     if "memorization" in summary:
         lines.append(f"  memorisation    {pct(summary['memorization'])} of mislabelled samples fitted to their wrong label")
+    if "suspects" in summary:
+        line = f"  suspects        {summary['suspects']:,} training samples look mislabelled (suspects.csv)"
+        if "suspects_precision" in summary:
+            line += f"; {pct(summary['suspects_precision']).strip()} of them are, {pct(summary['suspects_recall']).strip()} of the mislabelled found"
+        lines.append(line)
     lines.append(f"  time            {summary['total_time_s']:.0f} s ({summary['sec_per_epoch']:.1f} s/epoch)")
     lines.append(f"  run folder      {run_dir}  (metrics.jsonl, summary.json, checkpoint.pt; `casam plot {run_dir}`)")
     return "\n".join(lines)
+
+
+@torch.inference_mode()
+def find_suspects(learner, train_set: NoisyDataset, *, batch_size: int, autocast) -> dict[str, torch.Tensor]:
+    """Which training samples look mislabelled, after training.
+
+    With CA-SAM the verdict is its history's: a sample outside the likely-clean set is a suspect, and
+    its suggested label is the argmax of its averaged outputs. Other methods have no history, so one
+    pass of the final network over the (unaugmented) training set decides: a suspect is a sample it
+    predicts as another class. Returns (N,) tensors: suspect (bool), suggested label, p(given label).
+    """
+    optimizer = getattr(learner, "optimizer", None)
+    labels = train_set.labels.to(train_set.images.device)
+    if isinstance(optimizer, CASAM):
+        history = optimizer.history
+        idx = torch.arange(len(train_set), device=history.probs.device)
+        probs = history.probs.float()
+        suspect = ~history.clean_mask(idx, labels.to(idx.device))
+    else:
+        model = learner.eval_model
+        was_training = model.training
+        model.eval()
+        probs = torch.cat([
+            torch.softmax(_forward(model, x, autocast).float(), 1)
+            for x, _, _ in BatchLoader(train_set, batch_size=batch_size, shuffle=False)
+        ])
+        model.train(was_training)
+        suspect = probs.argmax(1) != labels.to(probs.device)
+    given_prob = probs.gather(1, labels.to(probs.device)[:, None]).squeeze(1)
+    return {"suspect": suspect.cpu(), "suggested": probs.argmax(1).cpu(), "p_given": given_prob.cpu()}
+
+
+def _forward(model, x, autocast):
+    with autocast():
+        return model(x)
+
+
+def write_suspects(path: Path, found: dict[str, torch.Tensor], train_set: NoisyDataset) -> dict[str, Any]:
+    """suspects.csv: one row per suspect, least plausible given label first; returns summary figures."""
+    order = torch.argsort(found["p_given"])
+    order = order[found["suspect"][order]]
+    names = train_set.classes or [str(c) for c in range(train_set.num_classes)]
+    lines = ["index,given_label,suggested_label,p_given"]
+    for i in order.tolist():
+        given, suggested = int(train_set.labels[i]), int(found["suggested"][i])
+        lines.append(f"{i},{names[given]},{names[suggested]},{found['p_given'][i].item():.4f}")
+    checkpoint.atomic_write_bytes(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    figures: dict[str, Any] = {"suspects": int(found["suspect"].sum())}
+    if train_set.is_noisy is not None and figures["suspects"]:
+        truly = train_set.is_noisy.cpu()[found["suspect"]]
+        figures["suspects_precision"] = truly.double().mean().item()  # share of suspects that are mislabelled
+        figures["suspects_recall"] = (truly.sum() / train_set.is_noisy.sum().clamp_min(1)).item()
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -413,7 +471,9 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
                 log(f"epoch {epoch + 1:3d}/{config.epochs}: {shown}, {epoch_time:.1f} s")
 
     summary = summarize(rows, elapsed)
+    found = find_suspects(learner, train_set, batch_size=config.eval_batch_size, autocast=precision.autocast)
     if main:
+        summary.update(write_suspects(run_dir / "suspects.csv", found, train_set))
         if writer is not None:
             writer.close()
         checkpoint.atomic_write_bytes(run_dir / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))

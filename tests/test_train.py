@@ -29,7 +29,7 @@ def test_fashion_mnist_run_end_to_end(tmp_path, capsys):
     code = main(["train", "--train-subset", "400", "--epochs", "2", "--warmup", "1", "--out", str(out), "--progress", "false"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
-        ["checkpoint.pt", "checkpoint.prev.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+        ["checkpoint.pt", "checkpoint.prev.pt", "config.yaml", "metrics.jsonl", "summary.json", "suspects.csv"]
     )
     history = rows(out)
     assert [r["epoch"] for r in history] == [1, 2]
@@ -43,6 +43,13 @@ def test_fashion_mnist_run_end_to_end(tmp_path, capsys):
     assert resolve(yaml_path=str(out / "config.yaml")).train_subset == 400
     printed = capsys.readouterr().out
     assert "casam+ce on fashion-mnist (symmetric:0.5)" in printed and "likely-clean" in printed
+    # the samples that look mislabelled: CA-SAM's likely-noisy set, least plausible label first
+    lines = (out / "suspects.csv").read_text().splitlines()
+    assert lines[0] == "index,given_label,suggested_label,p_given"
+    assert len(lines) - 1 == summary["suspects"] > 0
+    p_given = [float(line.split(",")[3]) for line in lines[1:]]
+    assert p_given == sorted(p_given)
+    assert summary["suspects_precision"] > 0.5  # better than picking at random (half the labels are wrong)
 
 
 def _train_cmd(out, epochs):
