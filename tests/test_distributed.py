@@ -217,7 +217,7 @@ def test_torchrun_train_writes_one_set_of_outputs_and_resumes(tmp_path):
              "--tensorboard", "false"]
     done = _torchrun(*flags)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["checkpoint.pt", "checkpoint.prev.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+        ["checkpoint.pt", "checkpoint.prev.pt", "config.yaml", "metrics.jsonl", "summary.json", "suspects.csv"]
     )
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [1, 2]
