@@ -2,6 +2,7 @@
 batch, m-sharpness perturbs per rank, histories agree across ranks, and `torchrun -m casam train` writes
 one set of outputs and resumes."""
 
+import gc
 import json
 import os
 import shutil
@@ -100,6 +101,9 @@ def _worker(rank, world, store, out_dir):
         results["digits_history"] = digits_epoch(rank, world)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
+        # DDP wrappers (reference cycles) keep the gloo backend alive until collected; one that outlives
+        # the interpreter aborts the process (SIGABRT), as casam.distributed.cleanup explains
+        gc.collect()
         dist.destroy_process_group()
 
 
