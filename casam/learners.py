@@ -75,7 +75,7 @@ def update_on_batch(
     Returns CA-SAM's likely-clean mask, else None.
     """
     scaler = precision.scaler
-    first = distributed.local_gradients(model) if local_first_pass else contextlib.nullcontext()
+    first = first_pass_context(model, local_first_pass)
 
     def second_pass() -> torch.Tensor:
         with frozen_bn_stats(model), precision.autocast():
@@ -216,9 +216,6 @@ class CoTeachingLearner:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         self.drop_rate = 0.0 if self.selector.forget_rate is None else self.selector.rate(epoch)
-        for opt in self.optimizers:
-            if isinstance(opt, CASAM):
-                opt.set_epoch(epoch)
 
     def end_epoch(self, epoch: int) -> None:
         if epoch == self.ESTIMATE_EPOCH and self.selector.forget_rate is None:
