@@ -26,6 +26,7 @@ SELECTIONS = ("none", "coteaching")
 CRITERIA = ("agreement", "confidence", "small-loss", "gmm")
 AUGMENTS = ("auto", "none", "crop_flip")
 PRECISIONS = ("fp32", "bf16", "fp16")
+NOISY_TARGETS = ("given", "history")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     train_subset: int | None = 10000  # seeded subset of the training split; None = all of it
+    val_fraction: float = 0.0  # held out of the (noisy) training subset: val_acc against the given labels, for tuning
     noise: str = "symmetric:0.5"
     noise_seed: int | None = None  # None: the run's seed
     augment: str = "auto"  # auto: crop_flip for CIFAR, none otherwise
@@ -60,6 +62,8 @@ class TrainConfig:
     criterion: str = "agreement"
     history_beta: float = 0.9
     noisy_weight: float = 1.0
+    noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
+    history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     min_clean: int = 8
     # Co-teaching
     forget_rate: float | None = None  # None: estimated from the losses after warm-up
@@ -93,6 +97,7 @@ class TrainConfig:
             ("criterion", CRITERIA),
             ("augment", AUGMENTS),
             ("precision", PRECISIONS),
+            ("noisy_target", NOISY_TARGETS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -105,6 +110,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be a positive number of samples; got {self.train_subset}")
         for name in ("lr", "weight_decay", "rho", "momentum", "gamma"):
@@ -149,6 +156,8 @@ class TrainConfig:
             "criterion": ("optimizer", ("casam",)),
             "history_beta": ("optimizer", ("casam",)),
             "noisy_weight": ("optimizer", ("casam",)),
+            "noisy_target": ("optimizer", ("casam",)),
+            "history_debias": ("optimizer", ("casam",)),
             "min_clean": ("optimizer", ("casam",)),
             "forget_rate": ("selection", ("coteaching",)),
             "num_gradual": ("selection", ("coteaching",)),

@@ -77,14 +77,14 @@ def update_on_batch(
     scaler = precision.scaler
     first = first_pass_context(model, local_first_pass)
 
-    def second_pass() -> torch.Tensor:
+    def second_pass(targets: torch.Tensor) -> torch.Tensor:
         with frozen_bn_stats(model), precision.autocast():
-            return loss_fn(model(x), y, idx).float()
+            return loss_fn(model(x), targets, idx).float()
 
     if isinstance(optimizer, CASAM):
         with first:
             clean = optimizer.first_step(losses, logits=logits, indices=idx, labels=y, scaler=scaler)
-        optimizer.second_step(second_pass(), scaler=scaler)
+        optimizer.second_step(second_pass(optimizer.targets(y)), scaler=scaler)
         return clean
     loss = losses.mean()
     if scaler is not None:
@@ -93,7 +93,7 @@ def update_on_batch(
         with first:
             loss.backward()
             optimizer.first_step(zero_grad=True, scaler=scaler)
-        loss2 = second_pass().mean()
+        loss2 = second_pass(y).mean()
         (scaler.scale(loss2) if scaler is not None else loss2).backward()
         optimizer.second_step(zero_grad=True, scaler=scaler)
         return None

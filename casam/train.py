@@ -101,6 +101,13 @@ def load_data(config: TrainConfig) -> tuple[NoisyDataset, NoisyDataset]:
     return train_set, test_set
 
 
+def split_validation(config: TrainConfig, train_set: NoisyDataset) -> tuple[NoisyDataset, NoisyDataset | None]:
+    """(trained on, held out or None): `val_fraction` of the noisy training data set aside for tuning."""
+    if not config.val_fraction:
+        return train_set, None
+    return train_set.holdout(config.val_fraction, seed=config.seed)
+
+
 def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples: int, num_classes: int, device):
     base = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[config.base_optimizer]
     kwargs: dict[str, Any] = {"lr": config.lr, "weight_decay": config.weight_decay}
@@ -113,9 +120,11 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
         return SAM(params, base, rho=config.rho, **kwargs)
     if config.optimizer == "asam":
         return ASAM(params, base, rho=config.rho, **kwargs)
-    history = SampleHistory(num_samples, num_classes, beta=config.history_beta, criterion=config.criterion, device=device)
+    history = SampleHistory(
+        num_samples, num_classes, beta=config.history_beta, criterion=config.criterion, debias=config.history_debias, device=device
+    )
     return CASAM(
-        params, base, history=history, rho=config.rho, noisy_weight=config.noisy_weight,
+        params, base, history=history, rho=config.rho, noisy_weight=config.noisy_weight, noisy_target=config.noisy_target,
         warmup_epochs=config.warmup, min_clean=config.min_clean, **kwargs,
     )
 
@@ -300,7 +309,7 @@ def find_suspects(learner, train_set: NoisyDataset, *, batch_size: int, autocast
     if isinstance(optimizer, CASAM):
         history = optimizer.history
         idx = torch.arange(len(train_set), device=history.probs.device)
-        probs = history.probs.float()
+        probs = history.mean_probs(idx)
         suspect = ~history.clean_mask(idx, labels.to(idx.device))
     else:
         model = learner.eval_model
@@ -379,7 +388,9 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
 
     torch.manual_seed(config.seed)  # the same on every rank (DDP also broadcasts rank 0's weights)
     train_set, test_set = distributed.main_first(lambda: load_data(config))  # rank 0 downloads first
+    train_set, val_set = split_validation(config, train_set)
     train_set, test_set = train_set.to(device), test_set.to(device)
+    val_loader = None if val_set is None else BatchLoader(val_set.to(device), batch_size=config.eval_batch_size, shuffle=False)
     augment = config.augment if config.augment != "auto" else ("crop_flip" if config.dataset.startswith("cifar") else "none")
     loader = BatchLoader(
         train_set, batch_size=config.batch_size, shuffle=True, augment=augment, seed=config.seed,
@@ -437,6 +448,9 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
         if test_loader is not None:
             sums = eval_sums(learner.eval_model, test_loader, autocast=precision.autocast).to(device)
         row.update(eval_scores(distributed.all_reduce_sum(sums)))
+        if val_loader is not None:  # every rank holds the whole held-out part: no reduction
+            scores = eval_scores(eval_sums(learner.eval_model, val_loader, autocast=precision.autocast))
+            row.update(val_acc=scores["test_acc"], val_loss=scores["test_loss"])
         row.update(learner.diagnostics())
         row.update(
             lr=schedulers[0].get_last_lr()[0],

@@ -13,7 +13,7 @@ def set_history(history, probs, labels, losses=None):
 
 
 def test_first_visit_sets_then_ema_blends():
-    h = SampleHistory(5, 3, beta=0.75)
+    h = SampleHistory(5, 3, beta=0.75, debias=False)
     idx, y = torch.tensor([3, 1]), torch.tensor([0, 2])
     l1, l2 = torch.tensor([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]]), torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
     h.update(idx, l1, y, torch.tensor([1.0, 2.0]))
@@ -25,11 +25,31 @@ def test_first_visit_sets_then_ema_blends():
     assert h.probs[[0, 2, 4]].abs().sum() == 0  # untouched rows stay empty
 
 
+def test_debiased_mean_weighs_the_latest_visit_most():
+    h = SampleHistory(5, 3, beta=0.9)
+    idx, y = torch.tensor([3, 1]), torch.tensor([0, 2])
+    outs = [torch.randn(2, 3, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    for k, logits in enumerate(outs):
+        h.update(idx, logits, y, torch.full((2,), float(k)))
+    weights = torch.tensor([0.81, 0.9, 1.0]) / 2.71  # beta^(n-k), normalised
+    expected = sum(w * torch.softmax(o, 1) for w, o in zip(weights, outs))
+    torch.testing.assert_close(h.mean_probs(idx), expected)
+    torch.testing.assert_close(h.mean_losses(idx), torch.full((2,), float(weights @ torch.tensor([0.0, 1.0, 2.0]))))
+    torch.testing.assert_close(h.mean_probs(idx).sum(1), torch.ones(2))  # a distribution at every visit count
+    assert h.predictions(idx).tolist() == expected.argmax(1).tolist()
+    assert h.mean_probs(torch.tensor([0])).abs().sum() == 0  # never visited
+    # the first-visit rule would give the first output 0.81 of the weight instead of 0.30
+    old = SampleHistory(5, 3, beta=0.9, debias=False)
+    for logits in outs:
+        old.update(idx, logits, y)
+    torch.testing.assert_close(old.mean_probs(idx), 0.81 * torch.softmax(outs[0], 1) + 0.09 * torch.softmax(outs[1], 1) + 0.1 * torch.softmax(outs[2], 1))
+
+
 def test_loss_defaults_to_cross_entropy_of_the_logits():
     h = SampleHistory(4, 3)
     logits, y = torch.tensor([[1.0, 2.0, 0.5], [0.0, 0.0, 4.0]]), torch.tensor([1, 0])
     h.update(torch.tensor([0, 2]), logits, y)
-    torch.testing.assert_close(h.losses[[0, 2]], F.cross_entropy(logits, y, reduction="none"))
+    torch.testing.assert_close(h.mean_losses(torch.tensor([0, 2])), F.cross_entropy(logits, y, reduction="none"))
 
 
 def test_agreement_and_confidence_on_a_hand_made_history():
@@ -133,7 +153,7 @@ def test_state_dict_round_trip_and_float16_storage():
     gen = torch.Generator().manual_seed(1)
     logits, labels = torch.randn(50, 4, generator=gen), torch.randint(0, 4, (50,), generator=gen)
     h.update(torch.arange(50), logits, labels)
-    torch.testing.assert_close(h.probs.float(), torch.softmax(logits, 1), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(h.mean_probs(torch.arange(50)), torch.softmax(logits, 1), atol=1e-3, rtol=1e-3)
     h.refresh()
     other = SampleHistory(50, 4, dtype=torch.float16, criterion="small-loss", clean_fraction=0.5)
     other.load_state_dict(h.state_dict())

@@ -190,6 +190,24 @@ class NoisyDataset:
             raise ValueError(f"subset size must be an int in [1, {len(self)}] (the data set's size); got {n!r}")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+        return self._take(self._stratified(n, seed))
+
+    def holdout(self, fraction: float, *, seed: int) -> tuple["NoisyDataset", "NoisyDataset"]:
+        """(kept, held out): round(fraction * N) samples held out, stratified by the given labels as in
+        `subset`; both parts keep their original relative order and are re-indexed from 0. A held-out part
+        of the *noisy* data is what a user has for tuning: its accuracy against the given labels ranks
+        settings without reading the truth."""
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1); got {fraction!r}")
+        n_out = int(round(fraction * len(self)))
+        if not 0 < n_out < len(self):
+            raise ValueError(f"holding out {fraction} of {len(self)} samples leaves an empty part")
+        out = self._stratified(n_out, seed)
+        keep = np.setdiff1d(np.arange(len(self)), out)
+        return self._take(keep), self._take(out)
+
+    def _stratified(self, n: int, seed: int) -> np.ndarray:
+        """Sorted positions of a stratified random choice of n samples (see `subset`)."""
         labels = self.labels.cpu().numpy()
         counts = np.bincount(labels, minlength=self.num_classes)
         exact = n * counts / len(self)
@@ -204,6 +222,10 @@ class NoisyDataset:
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         rank = np.arange(len(self)) - np.repeat(starts, counts)
         chosen = np.sort(grouped[rank < np.repeat(quota, counts)])
+        return chosen
+
+    def _take(self, chosen: np.ndarray) -> "NoisyDataset":
+        labels = self.labels.cpu().numpy()
         index = torch.from_numpy(chosen).to(self.device)
         true = None if self.true_labels is None else self.true_labels[index]
         noise = None

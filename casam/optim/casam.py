@@ -7,6 +7,8 @@ Per batch B (indices I, given labels y), with `history` a `casam.history.SampleH
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
     4. g   = grad (1/|B|) sum_{i in B} a_i l_i(w + e),   a_i = 1 if i in C else lambda (`noisy_weight`)
+       noisy_target="history": the loss of a sample outside C is taken against its historical prediction
+       argmax h_i instead of its given label (ask `targets(y)` for the labels of the second pass)
     5. w  <- base_step(w, g)    (w restored exactly first)
 
 Steps 1-3 share the forward pass the training loop makes anyway: the cost is SAM's. The loop::
@@ -16,12 +18,13 @@ Steps 1-3 share the forward pass the training loop makes anyway: the cost is SAM
         losses = F.cross_entropy(logits, y, reduction="none")
         clean = opt.first_step(losses, logits=logits, indices=idx, labels=y)
         with frozen_bn_stats(model):
-            losses2 = F.cross_entropy(model(x), y, reduction="none")
+            losses2 = F.cross_entropy(model(x), opt.targets(y), reduction="none")
         opt.second_step(losses2)
     opt.set_epoch(epoch + 1)                        # warm-up counter; refreshes the history's global criteria
 
 or `opt.step(closure, indices=idx, labels=y, model=model)` where `closure()` returns (logits, per-sample
-losses) for the batch, with their graph and without calling backward.
+losses) for the batch, with their graph and without calling backward (with noisy_target="history" the
+second call is `closure(targets)`: the losses against those labels).
 
 Mixed precision: run the forward passes under `torch.autocast` and pass the GradScaler as `scaler=` to
 both steps; the steps scale their own backward passes (see `casam.optim.sam` for the skipping rules).
@@ -54,7 +57,9 @@ from casam.history import SampleHistory
 from casam.optim.bn import frozen_bn_stats
 from casam.optim.sam import SAM, _global_norm
 
-__all__ = ["CASAM"]
+__all__ = ["CASAM", "NOISY_TARGETS"]
+
+NOISY_TARGETS = ("given", "history")
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -72,6 +77,8 @@ class CASAM(SAM):
         warmup_epochs: epochs of plain SAM (C = B) while the history is uninformative.
         min_clean: a batch with fewer likely-clean samples perturbs with the whole batch.
         measure_cosine: compute `last_grad_cosine` each step (costs one extra backward).
+        noisy_target: "given" trains likely-noisy samples on their given labels; "history" on their
+            historical prediction, so the update stops pulling the network towards labels the history doubts.
     """
 
     _WRAPPER = "CASAM"
@@ -89,6 +96,7 @@ class CASAM(SAM):
         warmup_epochs: int = 2,
         min_clean: int = 8,
         measure_cosine: bool = False,
+        noisy_target: str = "given",
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -97,6 +105,8 @@ class CASAM(SAM):
             raise ValueError(f"noisy_weight (lambda) must be a finite number >= 0, got {noisy_weight!r}")
         _check_count("warmup_epochs", warmup_epochs)
         _check_count("min_clean", min_clean)
+        if noisy_target not in NOISY_TARGETS:
+            raise ValueError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {noisy_target!r}")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
@@ -104,11 +114,13 @@ class CASAM(SAM):
         self.noisy_weight = float(noisy_weight)
         self.warmup_epochs, self.min_clean = int(warmup_epochs), int(min_clean)
         self.measure_cosine = measure_cosine
+        self.noisy_target = noisy_target
         self.epoch = 0
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
         self.last_grad_cosine: Tensor | None = None
         self._clean: Tensor | None = None  # the mask of the step in progress, for second_step's weights
+        self._indices: Tensor | None = None  # its sample indices, for targets()
 
     # ------------------------------------------------------------------ epochs and state
     def set_epoch(self, epoch: int) -> None:
@@ -176,9 +188,21 @@ class CASAM(SAM):
         if self.measure_cosine:
             self.last_grad_cosine = self._cosine_with_grads(full)
         self._perturb(zero_grad=zero_grad, scaler=scaler)
-        self._clean = clean
+        self._clean, self._indices = clean, indices
         self.last_clean_mask, self.last_fallback = clean, fallback
         return clean
+
+    @torch.no_grad()
+    def targets(self, labels: Tensor) -> Tensor:
+        """(B,) the labels the pass at w + e trains on: `labels` (the batch's given labels) for likely-clean
+        samples; for the others the given label, or with noisy_target="history" argmax h_i. Call between
+        first_step and second_step."""
+        if self._clean is None:
+            raise RuntimeError("targets() is for the step in progress: call it after first_step()")
+        if self.noisy_target == "given" or self.in_warmup:
+            return labels
+        predicted = self.history.predictions(self._indices).to(labels.device)
+        return torch.where(self._clean.to(labels.device), labels, predicted)
 
     def second_step(self, losses: Tensor | None = None, zero_grad: bool = True, *, scaler: torch.amp.GradScaler | None = None) -> Tensor | None:  # type: ignore[override]
         """Back-propagate mean(a_i * l_i) of the losses at w + e, restore w, take the base step.
@@ -197,7 +221,7 @@ class CASAM(SAM):
                 raise ValueError(f"losses must have shape {tuple(self._clean.shape)} (the batch of first_step), got {tuple(losses.shape)}")
             loss = self._weighted_mean(losses, self._clean)
             (scaler.scale(loss) if scaler is not None else loss).backward()
-        self._clean = None
+        self._clean = self._indices = None
         self._restore_and_step(zero_grad=zero_grad, scaler=scaler)
         return None if loss is None else loss.detach()
 
@@ -226,7 +250,10 @@ class CASAM(SAM):
         losses2 = None
         if not self._skip:
             with frozen_bn_stats(model) if model is not None else contextlib.nullcontext():
-                _, losses2 = self._call_closure(closure)
+                if self.noisy_target == "history":
+                    _, losses2 = self._call_closure(lambda: closure(self.targets(labels)))
+                else:
+                    _, losses2 = self._call_closure(closure)
         self.second_step(losses2, zero_grad=False, scaler=scaler)
         return losses.detach().mean()
 
