@@ -85,7 +85,7 @@ METHOD_ORDER = (
 BASELINE = "sgd+ce"  # the time ratio's denominator
 CSV_COLUMNS = (
     "dataset", "noise", "method", "seed", "epochs", "last_acc", "best_acc", "sel_precision", "sel_recall",
-    "memorization", "sec_per_epoch", "best_epoch", "model", "train_subset", "run",
+    "memorization", "sec_per_epoch", "best_epoch", "model", "train_subset", "val_acc", "min_sel_precision", "run",
 )  # fmt: skip
 _TAG = re.compile(r"^[A-Za-z0-9._=-]+$")
 
@@ -499,8 +499,23 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
         for key in ("last_acc", "best_acc", "sel_precision", "sel_recall", "memorization", "sec_per_epoch"):
             value = summary.get(key)
             row[key] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+        row.update(_from_epochs(run_dir / "metrics.jsonl"))
         rows.append(row)
     return rows, unfinished
+
+
+def _from_epochs(path: Path) -> dict[str, float | None]:
+    """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction) and the
+    lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
+    that decays over training is judged by."""
+    epochs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    def finite(v):
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    val = epochs[-1].get("val_acc") if epochs else None
+    split = [e["sel_precision"] for e in epochs if finite(e.get("sel_precision")) and e.get("selected_fraction", 1) < 1]
+    return {"val_acc": float(val) if finite(val) else None, "min_sel_precision": min(split) if split else None}
 
 
 def _noise_key(noise: str) -> tuple:
@@ -579,7 +594,7 @@ def _setup_line(rows: list[dict[str, Any]]) -> str:
 METHOD_OPTIONS = {
     "sam": ("rho",),
     "asam": ("rho",),
-    "casam": ("rho", "warmup", "criterion", "history_beta", "noisy_weight", "min_clean"),
+    "casam": ("rho", "warmup", "criterion", "history_beta", "history_debias", "noisy_weight", "noisy_target", "min_clean"),
     "coteaching": ("forget_rate", "num_gradual"),
 }
 
@@ -618,7 +633,8 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
         "Test accuracy in %, mean ± sample standard deviation over seeds (– with one seed). *Last*: after the",
         "final epoch, the honest figure when there is no clean validation set; *best*: the best epoch's,",
         "picked on the test set, hence optimistic. *Sel. precision / recall*: the likely-clean set of the",
-        "last epoch against the true clean set (methods that select). *Memorisation*: % of mislabelled",
+        "last epoch against the true clean set (methods that select); *lowest*: the lowest precision of any",
+        "epoch that split. *Memorisation*: % of mislabelled",
         "training samples predicted as their wrong label in the last epoch. *s/epoch*: training time per",
         f"epoch, runs sharing the machine; *× {BASELINE}*: its ratio to {BASELINE} in the same setting.",
     ]
@@ -638,10 +654,12 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
             cells = [_pct([r["last_acc"] for r in groups.get((dataset, n, method), [])]) for n in present]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", f"## Every noise setting and method{title}", ""]
+        with_val = any(r.get("val_acc") is not None for r in rows if r["dataset"] == dataset)
+        val_head, val_rule = (" held-out noisy acc |", " ---: |") if with_val else ("", "")
         lines.append(
-            f"| noise | method | seeds | last acc | best acc | sel. precision | sel. recall | memorisation | s/epoch | × {BASELINE} |"
+            f"| noise | method | seeds | last acc | best acc |{val_head} sel. precision | lowest | sel. recall | memorisation | s/epoch | × {BASELINE} |"
         )
-        lines.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append("| --- | --- | ---: | ---: | ---: |" + val_rule + " ---: | ---: | ---: | ---: | ---: | ---: |")
         for noise in present:
             base_time, _, _ = _stats([r["sec_per_epoch"] for r in groups.get((dataset, noise, BASELINE), [])])
             for method in methods:
@@ -653,7 +671,9 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
                 cells = [
                     noise, method, str(len(group)),
                     _pct([r["last_acc"] for r in group]), _pct([r["best_acc"] for r in group]),
-                    _pct([r["sel_precision"] for r in group]), _pct([r["sel_recall"] for r in group]),
+                    *([_pct([r.get("val_acc") for r in group])] if with_val else []),
+                    _pct([r["sel_precision"] for r in group]), _pct([r.get("min_sel_precision") for r in group]),
+                    _pct([r["sel_recall"] for r in group]),
                     _pct([r["memorization"] for r in group]), "–" if sec is None else f"{sec:.2f}", ratio,
                 ]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")

@@ -64,6 +64,7 @@ class TrainConfig:
     noisy_weight: float = 1.0
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
+    log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
     # Co-teaching
     forget_rate: float | None = None  # None: estimated from the losses after warm-up
@@ -158,6 +159,7 @@ class TrainConfig:
             "noisy_weight": ("optimizer", ("casam",)),
             "noisy_target": ("optimizer", ("casam",)),
             "history_debias": ("optimizer", ("casam",)),
+            "log_cosine": ("optimizer", ("casam",)),
             "min_clean": ("optimizer", ("casam",)),
             "forget_rate": ("selection", ("coteaching",)),
             "num_gradual": ("selection", ("coteaching",)),

@@ -129,6 +129,7 @@ class SingleLearner:
         self.model, self.optimizer, self.loss_fn, self.precision = model, optimizer, loss_fn, precision
         self.selects = isinstance(optimizer, CASAM)
         self.local_first_pass = not sam_sync and isinstance(optimizer, SAM)
+        self.cosines: list[torch.Tensor] = []  # CA-SAM with measure_cosine: cos(g_C, g_B) of each step this epoch
 
     @property
     def eval_model(self) -> nn.Module:
@@ -142,9 +143,12 @@ class SingleLearner:
         selected = update_on_batch(
             self.model, self.optimizer, self.loss_fn, x, y, idx, logits, losses, self.precision, local_first_pass=self.local_first_pass
         )
+        if self.selects and self.optimizer.last_grad_cosine is not None:
+            self.cosines.append(self.optimizer.last_grad_cosine.detach())
         return StepOutput(logits.detach(), losses.detach(), selected)
 
     def set_epoch(self, epoch: int) -> None:
+        self.cosines = []
         if isinstance(self.optimizer, CASAM):
             self.optimizer.set_epoch(epoch)
 
@@ -160,7 +164,12 @@ class SingleLearner:
         self.loss_fn.load_state_dict(state["loss"])
 
     def diagnostics(self) -> dict[str, float]:
-        return {}
+        """With CA-SAM's measure_cosine: the epoch's mean cosine between the clean-subset and the full-batch
+        first-pass gradients, and the value of every step (how far the perturbation's direction moved)."""
+        if not self.cosines:
+            return {}
+        steps = torch.stack(self.cosines).float()
+        return {"grad_cosine": steps.mean().item(), "grad_cosine_steps": [round(v, 5) for v in steps.tolist()]}
 
 
 class CoTeachingLearner:

@@ -57,8 +57,11 @@ class EpochMeter:
 
     KEYS = ("loss", "samples", "correct_given", "selected", "selected_clean", "clean", "noisy", "memorised")
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.sums = torch.zeros(len(self.KEYS), dtype=torch.float64, device=device)
+    def __init__(self, device: torch.device | str = "cpu", *, num_classes: int = 0):
+        # num_classes > 0 adds per-class selection counts (by given label; for a clean sample it is the
+        # true one): selected, selected and clean, clean; 3 x C more sums, reduced with the others under DDP
+        self.num_classes = num_classes
+        self.sums = torch.zeros(len(self.KEYS) + 3 * num_classes, dtype=torch.float64, device=device)
         self.has_truth = False
         self.has_selection = False
 
@@ -75,7 +78,12 @@ class EpochMeter:
             sel = selected if selected is not None else torch.zeros(0, dtype=torch.bool, device=labels.device)
             row += [sel.sum(), 0, 0, 0, 0]
         self.has_selection |= selected is not None
-        self.sums += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.sums.device) for v in row])
+        k = len(self.KEYS)
+        self.sums[:k] += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.sums.device) for v in row])
+        if self.num_classes and is_noisy is not None and selected is not None:
+            c, clean = self.num_classes, ~is_noisy
+            counts = [torch.bincount(labels[m], minlength=c) for m in (selected, selected & clean, clean)]
+            self.sums[k:] += torch.cat(counts).to(self.sums)
 
     def add_(self, other_sums: torch.Tensor) -> None:
         self.sums += other_sums
@@ -93,6 +101,10 @@ class EpochMeter:
                 scores = _scores(s["selected_clean"], s["selected"], s["clean"], s["samples"])
                 out.update(sel_precision=scores["precision"], sel_recall=scores["recall"], sel_f1=scores["f1"])
             out["memorization"] = s["memorised"] / s["noisy"] if s["noisy"] else math.nan
+            if self.has_selection and self.num_classes:
+                sel, sel_clean, clean = self.sums[len(self.KEYS):].view(3, self.num_classes).tolist()
+                out["sel_precision_by_class"] = [tp / n if n else math.nan for tp, n in zip(sel_clean, sel)]
+                out["sel_recall_by_class"] = [tp / n if n else math.nan for tp, n in zip(sel_clean, clean)]
         return out
 
 

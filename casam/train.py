@@ -125,7 +125,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
     )
     return CASAM(
         params, base, history=history, rho=config.rho, noisy_weight=config.noisy_weight, noisy_target=config.noisy_target,
-        warmup_epochs=config.warmup, min_clean=config.min_clean, **kwargs,
+        warmup_epochs=config.warmup, min_clean=config.min_clean, measure_cosine=config.log_cosine, **kwargs,
     )
 
 
@@ -418,7 +418,7 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
     for epoch in range(start_epoch, config.epochs):
         loader.set_epoch(epoch)
         learner.set_epoch(epoch)
-        meter = EpochMeter(device)
+        meter = EpochMeter(device, num_classes=train_set.num_classes)
         data_time, t0 = 0.0, time.perf_counter()
         batches = iter(progress(loader, enabled=show_progress, desc=f"epoch {epoch + 1}/{config.epochs}"))
         while True:

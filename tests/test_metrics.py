@@ -44,3 +44,16 @@ def test_epoch_meter_without_truth_or_selection():
     meter.update(torch.randn(4, 3), torch.rand(4), torch.tensor([0, 1, 2, 0]))
     out = meter.compute()
     assert set(out) == {"train_loss", "train_acc_given"}
+
+
+def test_epoch_meter_per_class_selection_scores():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    noisy = torch.tensor([0, 1, 0, 0, 0, 1, 1, 1], dtype=torch.bool)
+    selected = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0], dtype=torch.bool)
+    meter = EpochMeter(num_classes=3)
+    meter.update(torch.randn(8, 3), torch.rand(8), labels, noisy, selected)
+    out = meter.compute()
+    # class 0: selected {0, 1}, clean among them {0}; clean {0, 2} -> P 1/2, R 1/2
+    # class 1: selected {3}, clean; clean {3, 4} -> P 1, R 1/2; class 2: selected {6}, noisy; no clean -> P 0, R NaN
+    assert out["sel_precision_by_class"] == [0.5, 1.0, 0.0]
+    assert out["sel_recall_by_class"][:2] == [0.5, 0.5] and math.isnan(out["sel_recall_by_class"][2])

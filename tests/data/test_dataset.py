@@ -115,3 +115,21 @@ def test_unspecified_stats_are_measured_and_constant_channels_get_std_one():
     data = NoisyDataset(images, torch.tensor([0, 1, 0, 1]))
     assert data.mean == pytest.approx((0.5, 0.0)) and data.std == pytest.approx((0.5, 1.0))
     assert data.classes == ["0", "1"] and data.num_classes == 2
+
+
+def test_holdout_splits_the_noisy_data_stratified_and_disjoint(digits):
+    noisy = digits.with_noise("symmetric:0.4", seed=0)
+    kept, held = noisy.holdout(0.2, seed=5)
+    assert len(held) == round(0.2 * len(noisy)) and len(kept) + len(held) == len(noisy)
+    # per given class, the held-out share is the fraction to within one sample
+    counts = torch.bincount(noisy.labels, minlength=10).double()
+    assert (torch.bincount(held.labels, minlength=10) - 0.2 * counts).abs().max() <= 1
+    # disjoint and together the whole set: every image lands in exactly one part, truth and noise travel with it
+    flat = lambda d: {bytes(row.numpy()) + bytes([int(y), int(t)]) for row, y, t in zip(d.images.reshape(len(d), -1), d.labels, d.true_labels)}
+    assert flat(kept) | flat(held) == flat(noisy) and not flat(kept) & flat(held)
+    assert held.noise.rate == pytest.approx(held.is_noisy.double().mean().item()) and held[len(held) - 1][2] == len(held) - 1
+    again = noisy.holdout(0.2, seed=5)[1]
+    assert torch.equal(again.images, held.images) and not torch.equal(noisy.holdout(0.2, seed=6)[1].images, held.images)
+    for bad in (0, 1, 1.5, True):
+        with pytest.raises(ValueError, match="fraction must be in"):
+            noisy.holdout(bad, seed=0)

@@ -282,3 +282,41 @@ def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
     assert precision > 0.95 and recall > 0.8, (precision, recall)  # the labels themselves are 60 % clean
     model.eval()
     assert float((model(x).argmax(1) == y_true).float().mean()) > 0.88
+
+
+def test_noisy_target_history_trains_the_doubted_samples_on_their_historical_prediction(tiny, same_params):
+    """noisy_target="history": the second pass's labels are the given ones for C, argmax h_i outside it;
+    the step then equals the formula's step with those labels."""
+    history, clean = believed_history(tiny)
+    believed = history.predictions(tiny.idx)
+    model, ref = tiny.model(), tiny.model()
+    opt = make(model, history, noisy_target="history")
+    logits = model(tiny.x)
+    opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    targets = opt.targets(tiny.y)
+    assert torch.equal(targets[clean], tiny.y[clean]) and torch.equal(targets[~clean], believed[~clean])
+    assert not torch.equal(targets, tiny.y)
+    opt.second_step(F.cross_entropy(model(tiny.x), targets, reduction="none"))
+    # the closure form asks for the losses against the same labels
+    history2, _ = believed_history(tiny)
+    opt2 = make(ref, history2, noisy_target="history")
+    seen = []
+
+    def closure(labels=tiny.y):
+        seen.append(labels)
+        out = ref(tiny.x)
+        return out, F.cross_entropy(out, labels, reduction="none")
+
+    opt2.step(closure, indices=tiny.idx, labels=tiny.y)
+    assert torch.equal(seen[1], targets) and same_params(model, ref)
+    # given (the default) and the warm-up leave the labels alone
+    for kw in ({}, {"noisy_target": "history", "warmup_epochs": 1}):
+        net = tiny.model()
+        opt3 = make(net, believed_history(tiny)[0], **kw)
+        logits = net(tiny.x)
+        opt3.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+        assert torch.equal(opt3.targets(tiny.y), tiny.y), kw
+    with pytest.raises(RuntimeError, match="after first_step"):
+        make(tiny.model(), history).targets(tiny.y)
+    with pytest.raises(ValueError, match="noisy_target must be one of given, history"):
+        make(tiny.model(), history, noisy_target="predicted")
