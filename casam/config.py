@@ -59,6 +59,7 @@ class TrainConfig:
     sam_sync: bool = True  # DDP: all-reduce the first-pass gradient; false = per-rank perturbation (m-sharpness)
     # CA-SAM
     warmup: int = 2
+    warmup_rho: float | None = None  # CA-SAM's radius during warm-up; None: rho, 0: plain SGD steps
     criterion: str = "agreement"
     history_beta: float = 0.9
     noisy_weight: float = 1.0
@@ -123,6 +124,8 @@ class TrainConfig:
         for name in ("warmup", "min_clean", "num_gradual"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.warmup_rho is not None and self.warmup_rho < 0:
+            raise ConfigError(f"warmup_rho must be >= 0; got {self.warmup_rho}")
         if not 0 <= self.history_beta < 1:
             raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
         if not 0 <= self.noisy_weight <= 1:
@@ -154,6 +157,7 @@ class TrainConfig:
             "rho": ("optimizer", ("sam", "asam", "casam")),
             "sam_sync": ("optimizer", ("sam", "asam", "casam")),
             "warmup": ("optimizer", ("casam",)),
+            "warmup_rho": ("optimizer", ("casam",)),
             "criterion": ("optimizer", ("casam",)),
             "history_beta": ("optimizer", ("casam",)),
             "noisy_weight": ("optimizer", ("casam",)),

@@ -57,3 +57,49 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, *, title: str | None 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_split(run_dir: str | Path, out: str | Path) -> Path:
+    """One CA-SAM run's split over training: selection precision and recall per epoch, overall (black)
+    and per class (thin lines), and, when the run logged it (--log-cosine), the cosine between the
+    clean-subset and the full-batch gradient at every step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label, rows = read_run(run_dir)
+    split = [r for r in rows if r.get("sel_precision") is not None]
+    if not split:
+        raise ValueError(f"{run_dir} has no selection metrics: plot_split needs a CA-SAM run on data with known truth")
+    steps = [(r["epoch"], r["grad_cosine_steps"]) for r in rows if r.get("grad_cosine_steps")]
+    panels = [("sel_precision", "likely-clean precision"), ("sel_recall", "likely-clean recall")]
+    fig, axes = plt.subplots(1, len(panels) + bool(steps), figsize=(5 * (len(panels) + bool(steps)), 4), constrained_layout=True)
+    for ax, (key, name) in zip(axes, panels):
+        epochs = [r["epoch"] for r in split]
+        by_class = [r.get(f"{key}_by_class") for r in split]
+        if all(by_class):
+            for c in range(len(by_class[0])):
+                ax.plot(epochs, [v[c] for v in by_class], lw=0.8, alpha=0.7, label=f"class {c}")
+        ax.plot(epochs, [r[key] for r in split], color="black", lw=2, marker=".", label="all")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    if steps:
+        ax = axes[-1]
+        xs, ys = [], []
+        for epoch, values in steps:
+            n = len(values)
+            xs += [epoch - 1 + (i + 1) / n for i in range(n)]
+            ys += values
+        ax.plot(xs, ys, lw=0.6)
+        ax.set_title("cos(clean-subset gradient, full-batch gradient)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(label)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -77,6 +77,8 @@ class CASAM(SAM):
         warmup_epochs: epochs of plain SAM (C = B) while the history is uninformative.
         min_clean: a batch with fewer likely-clean samples perturbs with the whole batch.
         measure_cosine: compute `last_grad_cosine` each step (costs one extra backward).
+        warmup_rho: the radius during the warm-up epochs (None: rho). 0 makes the warm-up plain SGD
+            (two passes still), for noise so heavy that SAM's whole-batch perturbation stops learning.
         noisy_target: "given" trains likely-noisy samples on their given labels; "history" on their
             historical prediction, so the update stops pulling the network towards labels the history doubts.
     """
@@ -97,6 +99,7 @@ class CASAM(SAM):
         min_clean: int = 8,
         measure_cosine: bool = False,
         noisy_target: str = "given",
+        warmup_rho: float | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -105,6 +108,8 @@ class CASAM(SAM):
             raise ValueError(f"noisy_weight (lambda) must be a finite number >= 0, got {noisy_weight!r}")
         _check_count("warmup_epochs", warmup_epochs)
         _check_count("min_clean", min_clean)
+        if warmup_rho is not None and (isinstance(warmup_rho, bool) or not isinstance(warmup_rho, numbers.Real) or not 0 <= warmup_rho < math.inf):
+            raise ValueError(f"warmup_rho must be None or a finite number >= 0, got {warmup_rho!r}")
         if noisy_target not in NOISY_TARGETS:
             raise ValueError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {noisy_target!r}")
         if not isinstance(measure_cosine, bool):
@@ -115,6 +120,7 @@ class CASAM(SAM):
         self.warmup_epochs, self.min_clean = int(warmup_epochs), int(min_clean)
         self.measure_cosine = measure_cosine
         self.noisy_target = noisy_target
+        self.warmup_rho = None if warmup_rho is None else float(warmup_rho)
         self.epoch = 0
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -133,6 +139,9 @@ class CASAM(SAM):
     @property
     def in_warmup(self) -> bool:
         return self.epoch < self.warmup_epochs
+
+    def _radius(self, group: dict[str, Any]) -> float:
+        return self.warmup_rho if self.in_warmup and self.warmup_rho is not None else group["rho"]
 
     def _wrapper_state(self) -> dict[str, Any]:
         return {"class": self._WRAPPER, "epoch": self.epoch, "history": self.history.state_dict()}

@@ -264,6 +264,10 @@ class SAM(Optimizer):
                 groups.append((group, params, [p.grad for p in params]))
         return groups
 
+    def _radius(self, group: dict[str, Any]) -> float:
+        """The perturbation radius of a parameter group for this step (CASAM: another one in warm-up)."""
+        return group["rho"]
+
     @torch.no_grad()
     def _perturb(self, *, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
         groups = self._params_with_grad()
@@ -289,7 +293,7 @@ class SAM(Optimizer):
             return
         all_params, all_backups = [], []
         for (group, params, grads), (t, tg) in zip(groups, scaled):
-            scale = group["rho"] / norm.clamp_min(_TINY)
+            scale = self._radius(group) / norm.clamp_min(_TINY)
             if t is not None:
                 torch._foreach_mul_(tg, t)  # T^2 g, in the buffer we own
                 e = tg

@@ -320,3 +320,26 @@ def test_noisy_target_history_trains_the_doubted_samples_on_their_historical_pre
         make(tiny.model(), history).targets(tiny.y)
     with pytest.raises(ValueError, match="noisy_target must be one of given, history"):
         make(tiny.model(), history, noisy_target="predicted")
+
+
+def test_warmup_rho_zero_makes_the_warmup_plain_sgd(tiny, same_params):
+    """warmup_rho=0: no perturbation during warm-up, so each step is the base optimizer's step on the
+    batch mean; after the warm-up the radius is rho again."""
+    model, ref = tiny.model(), tiny.model()
+    history = SampleHistory(len(tiny.y), 3)
+    opt = make(model, history, warmup_epochs=1, warmup_rho=0.0, momentum=0.9)
+    sgd = torch.optim.SGD(ref.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(2):
+        casam_step(opt, tiny, model)
+        sgd.zero_grad()
+        tiny.losses(ref).mean().backward()
+        sgd.step()
+    assert same_params(model, ref)
+    opt.set_epoch(1)
+    before = [p.detach().clone() for p in model.parameters()]
+    logits = model(tiny.x)
+    opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    moved = math.sqrt(sum(float(((p.detach() - b) ** 2).sum()) for p, b in zip(model.parameters(), before)))
+    assert moved == pytest.approx(0.3)  # rho of make(): the perturbation is back
+    with pytest.raises(ValueError, match="warmup_rho must be None or a finite number >= 0"):
+        make(tiny.model(), history, warmup_rho=-0.1)
