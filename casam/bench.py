@@ -285,7 +285,12 @@ def check_run_folders(runs: list[Run]) -> None:
         except ConfigError as error:
             raise GridError(f"{run.run_dir} holds an unreadable config.yaml ({error}); delete that folder to re-run it") from None
         wanted = run.config.to_dict()
-        diffs = [f"{k} {saved[k]!r}, not {wanted[k]!r}" for k in wanted if k not in NOT_COMPARED and saved.get(k) != wanted[k]]
+        # options the method does not use (a CA-SAM option in an SGD run) cannot make two runs differ
+        diffs = [
+            f"{k} {saved[k]!r}, not {wanted[k]!r}"
+            for k in wanted
+            if k not in NOT_COMPARED and run.config.relevant(k) and saved.get(k) != wanted[k]
+        ]
         if diffs:
             raise GridError(
                 f"{run.run_dir} holds a run configured differently ({'; '.join(diffs[:3])}); "

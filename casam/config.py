@@ -29,6 +29,27 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 NOISY_TARGETS = ("given", "history")
 
 
+# option -> (the option that decides whether it applies, the values for which it does)
+_USED_BY = {
+    "rho": ("optimizer", ("sam", "asam", "casam")),
+    "sam_sync": ("optimizer", ("sam", "asam", "casam")),
+    "warmup": ("optimizer", ("casam",)),
+    "warmup_rho": ("optimizer", ("casam",)),
+    "criterion": ("optimizer", ("casam",)),
+    "history_beta": ("optimizer", ("casam",)),
+    "history_debias": ("optimizer", ("casam",)),
+    "noisy_weight": ("optimizer", ("casam",)),
+    "noisy_target": ("optimizer", ("casam",)),
+    "log_cosine": ("optimizer", ("casam",)),
+    "min_clean": ("optimizer", ("casam",)),
+    "forget_rate": ("selection", ("coteaching",)),
+    "num_gradual": ("selection", ("coteaching",)),
+    "momentum": ("base_optimizer", ("sgd",)),
+    "milestones": ("schedule", ("step",)),
+    "gamma": ("schedule", ("step",)),
+}
+
+
 @dataclass
 class TrainConfig:
     # data and noise
@@ -59,7 +80,7 @@ class TrainConfig:
     sam_sync: bool = True  # DDP: all-reduce the first-pass gradient; false = per-rank perturbation (m-sharpness)
     # CA-SAM
     warmup: int = 2
-    warmup_rho: float | None = None  # CA-SAM's radius during warm-up; None: rho, 0: plain SGD steps
+    warmup_rho: float | None = 0.0  # CA-SAM's radius during warm-up; None: rho; 0: plain SGD steps (docs/casam-split.md)
     criterion: str = "agreement"
     history_beta: float = 0.9
     noisy_weight: float = 1.0
@@ -151,33 +172,19 @@ class TrainConfig:
             )
         return self
 
+    def relevant(self, name: str) -> bool:
+        """Whether option `name` means anything for this configuration's method (rho does not for sgd)."""
+        owner, values = _USED_BY.get(name, (None, ()))
+        return owner is None or getattr(self, owner) in values
+
     def check_relevant(self, given: set[str] | list[str]) -> None:
         """Refuse options that were set explicitly but mean nothing for the chosen method."""
-        used_by = {
-            "rho": ("optimizer", ("sam", "asam", "casam")),
-            "sam_sync": ("optimizer", ("sam", "asam", "casam")),
-            "warmup": ("optimizer", ("casam",)),
-            "warmup_rho": ("optimizer", ("casam",)),
-            "criterion": ("optimizer", ("casam",)),
-            "history_beta": ("optimizer", ("casam",)),
-            "noisy_weight": ("optimizer", ("casam",)),
-            "noisy_target": ("optimizer", ("casam",)),
-            "history_debias": ("optimizer", ("casam",)),
-            "log_cosine": ("optimizer", ("casam",)),
-            "min_clean": ("optimizer", ("casam",)),
-            "forget_rate": ("selection", ("coteaching",)),
-            "num_gradual": ("selection", ("coteaching",)),
-            "momentum": ("base_optimizer", ("sgd",)),
-            "milestones": ("schedule", ("step",)),
-            "gamma": ("schedule", ("step",)),
-        }
         for name in given:
-            if name in used_by:
-                owner, values = used_by[name]
-                if getattr(self, owner) not in values:
-                    raise ConfigError(
-                        f"{name} only applies with {owner} {' or '.join(values)}, not {owner} {getattr(self, owner)}; drop it or change {owner}"
-                    )
+            if not self.relevant(name):
+                owner, values = _USED_BY[name]
+                raise ConfigError(
+                    f"{name} only applies with {owner} {' or '.join(values)}, not {owner} {getattr(self, owner)}; drop it or change {owner}"
+                )
 
     # ------------------------------------------------------------------ construction
     @classmethod
