@@ -193,6 +193,13 @@ def test_run_folder_configured_differently_is_refused(tiny_copy, tmp_path, capsy
     err = capsys.readouterr().err
     assert "holds a run configured differently (epochs 2, not 3)" in err and err.count("\n") == 1
     assert summary_mtimes(out) == mtimes
+    # an option the method does not use (a CA-SAM option in an SGD run's config.yaml) does not count
+    sgd_config = run_dir(out, "symmetric:0.2/sgd+ce/seed0") / "config.yaml"
+    text = sgd_config.read_text()
+    assert "warmup_rho: 0.0" in text
+    sgd_config.write_text(text.replace("warmup_rho: 0.0", "warmup_rho: 0.3"))
+    assert bench("--grid", write_grid(tmp_path / "same.yaml", TINY), "--out", out) == 0
+    assert summary_mtimes(out) == mtimes
 
 
 # ---------------------------------------------------------------------------------------------- refusals
