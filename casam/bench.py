@@ -513,7 +513,9 @@ def _from_epochs(path: Path) -> dict[str, float | None]:
     """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction) and the
     lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
     that decays over training is judged by."""
-    epochs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    from casam.train import read_metrics
+
+    epochs = read_metrics(path)
 
     def finite(v):
         return isinstance(v, (int, float)) and math.isfinite(v)

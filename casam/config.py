@@ -23,10 +23,8 @@ OPTIMIZERS = ("sgd", "sam", "asam", "casam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 SELECTIONS = ("none", "coteaching")
-CRITERIA = ("agreement", "confidence", "small-loss", "gmm")
 AUGMENTS = ("auto", "none", "crop_flip")
 PRECISIONS = ("fp32", "bf16", "fp16")
-NOISY_TARGETS = ("given", "history")
 
 
 # option -> (the option that decides whether it applies, the values for which it does)
@@ -105,9 +103,11 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every value; raise ConfigError naming the first bad one."""
         from casam.data import DATASETS
+        from casam.history import CRITERIA
         from casam.losses import LOSSES
         from casam.models import MODELS
         from casam.noise import parse_noise
+        from casam.optim.casam import NOISY_TARGETS
 
         for name, allowed in (
             ("dataset", DATASETS),

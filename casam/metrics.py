@@ -81,9 +81,10 @@ class EpochMeter:
         k = len(self.KEYS)
         self.sums[:k] += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.sums.device) for v in row])
         if self.num_classes and is_noisy is not None and selected is not None:
-            c, clean = self.num_classes, ~is_noisy
-            counts = [torch.bincount(labels[m], minlength=c) for m in (selected, selected & clean, clean)]
-            self.sums[k:] += torch.cat(counts).to(self.sums)
+            # index_add_ rather than bincount of masked labels: no data-dependent shape, so no host sync
+            clean = ~is_noisy
+            masks = torch.stack([selected, selected & clean, clean]).to(self.sums.dtype)
+            self.sums[k:].view(3, self.num_classes).index_add_(1, labels.to(self.sums.device), masks.to(self.sums.device))
 
     def add_(self, other_sums: torch.Tensor) -> None:
         self.sums += other_sums

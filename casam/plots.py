@@ -30,6 +30,17 @@ def read_run(run_dir: str | Path) -> tuple[str, list[dict]]:
     return label, rows
 
 
+def _save(fig, out: str | Path) -> Path:
+    """Write the figure as a PNG (creating its folder) and free it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_runs(run_dirs: list[str | Path], out: str | Path, *, title: str | None = None) -> Path:
     """Write one PNG with a panel per metric (test accuracy, selection precision, memorisation) per epoch."""
     import matplotlib
@@ -52,11 +63,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, *, title: str | None 
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_split(run_dir: str | Path, out: str | Path) -> Path:
@@ -98,8 +105,4 @@ def plot_split(run_dir: str | Path, out: str | Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.suptitle(label)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
