@@ -599,8 +599,8 @@ def _setup_line(rows: list[dict[str, Any]]) -> str:
 
 # The options that shape each method (the rest of the configuration is shared and in the setup line).
 METHOD_OPTIONS = {
-    "sam": ("rho",),
-    "asam": ("rho",),
+    "sam": ("rho", "sam_warmup"),
+    "asam": ("rho", "sam_warmup"),
     "casam": ("rho", "warmup", "criterion", "history_beta", "history_debias", "noisy_weight", "noisy_target", "min_clean"),
     "coteaching": ("forget_rate", "num_gradual"),
 }

@@ -31,6 +31,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _USED_BY = {
     "rho": ("optimizer", ("sam", "asam", "casam")),
     "sam_sync": ("optimizer", ("sam", "asam", "casam")),
+    "sam_warmup": ("optimizer", ("sam", "asam")),
     "warmup": ("optimizer", ("casam",)),
     "warmup_rho": ("optimizer", ("casam",)),
     "criterion": ("optimizer", ("casam",)),
@@ -75,6 +76,7 @@ class TrainConfig:
     gamma: float = 0.1
     # SAM family
     rho: float = 0.05
+    sam_warmup: int = 0  # sam, asam: epochs of plain base-optimizer steps first (CA-SAM's is warmup + warmup_rho)
     sam_sync: bool = True  # DDP: all-reduce the first-pass gradient; false = per-rank perturbation (m-sharpness)
     # CA-SAM
     warmup: int = 2
@@ -142,7 +144,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.lr == 0:
             raise ConfigError("lr must be > 0; got 0")
-        for name in ("warmup", "min_clean", "num_gradual"):
+        for name in ("warmup", "sam_warmup", "min_clean", "num_gradual"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warmup_rho is not None and self.warmup_rho < 0:

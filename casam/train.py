@@ -161,12 +161,13 @@ def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.de
         optimizers = [build_optimizer(config, m, num_samples=n, num_classes=c, device=device) for m in models]
         selector = CoTeachingSelector(forget_rate=config.forget_rate, num_gradual=config.num_gradual)
         learner = CoTeachingLearner(
-            models, optimizers, [loss(), loss()], precision, selector=selector, num_samples=n, device=device, sam_sync=config.sam_sync
+            models, optimizers, [loss(), loss()], precision, selector=selector, num_samples=n, device=device, sam_sync=config.sam_sync,
+            sam_warmup=config.sam_warmup,
         )
     else:
         model = network()
         optimizer = build_optimizer(config, model, num_samples=n, num_classes=c, device=device)
-        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync)
+        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync, sam_warmup=config.sam_warmup)
     optimizers = learner.optimizers if hasattr(learner, "optimizers") else [learner.optimizer]
     return learner, [build_scheduler(config, opt) for opt in optimizers]
 
