@@ -39,6 +39,7 @@ _USED_BY = {
     "history_debias": ("optimizer", ("casam",)),
     "noisy_weight": ("optimizer", ("casam",)),
     "noisy_target": ("optimizer", ("casam",)),
+    "perturb_from": ("optimizer", ("casam",)),
     "log_cosine": ("optimizer", ("casam",)),
     "min_clean": ("optimizer", ("casam",)),
     "forget_rate": ("selection", ("coteaching",)),
@@ -85,6 +86,7 @@ class TrainConfig:
     history_beta: float = 0.9
     noisy_weight: float = 1.0
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
+    perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control for the study (docs/casam-split.md)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -109,7 +111,7 @@ class TrainConfig:
         from casam.losses import LOSSES
         from casam.models import MODELS
         from casam.noise import parse_noise
-        from casam.optim.casam import NOISY_TARGETS
+        from casam.optim.casam import NOISY_TARGETS, PERTURB_FROM
 
         for name, allowed in (
             ("dataset", DATASETS),
@@ -123,6 +125,7 @@ class TrainConfig:
             ("augment", AUGMENTS),
             ("precision", PRECISIONS),
             ("noisy_target", NOISY_TARGETS),
+            ("perturb_from", PERTURB_FROM),
         ):
             value = getattr(self, name)
             if value not in allowed:

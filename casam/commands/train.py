@@ -30,6 +30,7 @@ HELP = {
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss or gmm",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "noisy_weight": "CA-SAM lambda: weight of likely-noisy samples in the update",
+    "perturb_from": "CA-SAM: clean (the method) or noisy (a control: perturb from the likely-noisy samples)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",
     "batch_size": "samples per batch PER PROCESS (under torchrun the global batch is nproc x this)",

@@ -57,9 +57,10 @@ from casam.history import SampleHistory
 from casam.optim.bn import frozen_bn_stats
 from casam.optim.sam import SAM, _global_norm
 
-__all__ = ["CASAM", "NOISY_TARGETS"]
+__all__ = ["CASAM", "NOISY_TARGETS", "PERTURB_FROM"]
 
 NOISY_TARGETS = ("given", "history")
+PERTURB_FROM = ("clean", "noisy")
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -81,6 +82,9 @@ class CASAM(SAM):
             (two passes still), for noise so heavy that SAM's whole-batch perturbation stops learning.
         noisy_target: "given" trains likely-noisy samples on their given labels; "history" on their
             historical prediction, so the update stops pulling the network towards labels the history doubts.
+        perturb_from: "clean" (CA-SAM) or "noisy", a control for the study of why CA-SAM works: the
+            perturbation from the likely-noisy samples only (a batch with fewer than `min_clean` of them
+            perturbs with the whole batch). The update is the same in both.
     """
 
     _WRAPPER = "CASAM"
@@ -100,6 +104,7 @@ class CASAM(SAM):
         measure_cosine: bool = False,
         noisy_target: str = "given",
         warmup_rho: float | None = None,
+        perturb_from: str = "clean",
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -112,6 +117,8 @@ class CASAM(SAM):
             raise ValueError(f"warmup_rho must be None or a finite number >= 0, got {warmup_rho!r}")
         if noisy_target not in NOISY_TARGETS:
             raise ValueError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {noisy_target!r}")
+        if perturb_from not in PERTURB_FROM:
+            raise ValueError(f"perturb_from must be one of {', '.join(PERTURB_FROM)}, got {perturb_from!r}")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
@@ -121,6 +128,7 @@ class CASAM(SAM):
         self.measure_cosine = measure_cosine
         self.noisy_target = noisy_target
         self.warmup_rho = None if warmup_rho is None else float(warmup_rho)
+        self.perturb_from = perturb_from
         self.epoch = 0
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -185,11 +193,12 @@ class CASAM(SAM):
             clean = torch.ones(batch, dtype=torch.bool, device=losses.device)
         else:
             clean = self.history.clean_mask(indices, labels).to(losses.device)
-        count = clean.sum()
+        source = ~clean if self.perturb_from == "noisy" and not self.in_warmup else clean
+        count = source.sum()
         if distributed.gradients_synchronised():  # under DDP every rank falls back together, on the global count
             count = distributed.all_reduce_sum(count)
         fallback = count < self.min_clean  # 0-dim tensor: no host sync
-        perturb_mask = clean | fallback
+        perturb_mask = source | fallback
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
         loss = self._clean_mean(losses, perturb_mask)

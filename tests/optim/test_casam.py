@@ -343,3 +343,23 @@ def test_warmup_rho_zero_makes_the_warmup_plain_sgd(tiny, same_params):
     assert moved == pytest.approx(0.3)  # rho of make(): the perturbation is back
     with pytest.raises(ValueError, match="warmup_rho must be None or a finite number >= 0"):
         make(tiny.model(), history, warmup_rho=-0.1)
+
+
+def test_perturb_from_noisy_is_the_control_with_the_likely_noisy_gradient(tiny):
+    """perturb_from="noisy" (the study's control): e = rho g_N / |g_N| from the likely-noisy samples; the
+    mask returned (and the update's weights) are still the likely-clean ones."""
+    rho = 0.3
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    g_noisy = tiny.grad(model, w, subset=~clean)
+    norm = math.sqrt(sum(float((v**2).sum()) for v in g_noisy.values()))
+    opt = make(model, history, rho=rho, perturb_from="noisy")
+    logits = model(tiny.x)
+    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    assert torch.equal(mask, clean)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name] + rho * g_noisy[name] / norm, rtol=1e-12, atol=1e-14)
+    opt.second_step(tiny.losses(model))
+    with pytest.raises(ValueError, match="perturb_from must be one of clean, noisy"):
+        make(tiny.model(), history, perturb_from="all")
