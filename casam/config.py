@@ -40,6 +40,7 @@ _USED_BY = {
     "noisy_weight": ("optimizer", ("casam",)),
     "noisy_target": ("optimizer", ("casam",)),
     "perturb_from": ("optimizer", ("casam",)),
+    "perturb_weight": ("optimizer", ("casam",)),
     "log_cosine": ("optimizer", ("casam",)),
     "min_clean": ("optimizer", ("casam",)),
     "forget_rate": ("selection", ("coteaching",)),
@@ -87,6 +88,7 @@ class TrainConfig:
     noisy_weight: float = 1.0
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control for the study (docs/casam-split.md)
+    perturb_weight: float = 0.0  # mu: the other side's weight in the perturbation (0: CA-SAM, 1: SAM's direction)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -154,6 +156,8 @@ class TrainConfig:
             raise ConfigError(f"warmup_rho must be >= 0; got {self.warmup_rho}")
         if not 0 <= self.history_beta < 1:
             raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
+        if not 0 <= self.perturb_weight <= 1:
+            raise ConfigError(f"perturb_weight (mu) must be in [0, 1]; got {self.perturb_weight}")
         if not 0 <= self.noisy_weight <= 1:
             raise ConfigError(f"noisy_weight (lambda) must be in [0, 1]; got {self.noisy_weight}")
         if self.forget_rate is not None and not 0 <= self.forget_rate < 1:

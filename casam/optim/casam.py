@@ -83,8 +83,12 @@ class CASAM(SAM):
         noisy_target: "given" trains likely-noisy samples on their given labels; "history" on their
             historical prediction, so the update stops pulling the network towards labels the history doubts.
         perturb_from: "clean" (CA-SAM) or "noisy", a control for the study of why CA-SAM works: the
-            perturbation from the likely-noisy samples only (a batch with fewer than `min_clean` of them
+            perturbation from the likely-noisy samples (a batch with fewer than `min_clean` of them
             perturbs with the whole batch). The update is the same in both.
+        perturb_weight: mu in [0, 1], the weight of the other side's samples in the perturbation's loss
+            (1/sum a_i) sum a_i l_i: 0 is CA-SAM (that side only), 1 is SAM's whole-batch direction.
+            SAM's flatness pressure on the samples left out is what keeps them from being memorised
+            at moderate noise; at heavy noise it is what stops learning (docs/casam-split.md).
     """
 
     _WRAPPER = "CASAM"
@@ -105,6 +109,7 @@ class CASAM(SAM):
         noisy_target: str = "given",
         warmup_rho: float | None = None,
         perturb_from: str = "clean",
+        perturb_weight: float = 0.0,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -119,6 +124,8 @@ class CASAM(SAM):
             raise ValueError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {noisy_target!r}")
         if perturb_from not in PERTURB_FROM:
             raise ValueError(f"perturb_from must be one of {', '.join(PERTURB_FROM)}, got {perturb_from!r}")
+        if isinstance(perturb_weight, bool) or not isinstance(perturb_weight, numbers.Real) or not 0 <= perturb_weight <= 1:
+            raise ValueError(f"perturb_weight must be a number in [0, 1], got {perturb_weight!r}")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
@@ -129,6 +136,7 @@ class CASAM(SAM):
         self.noisy_target = noisy_target
         self.warmup_rho = None if warmup_rho is None else float(warmup_rho)
         self.perturb_from = perturb_from
+        self.perturb_weight = float(perturb_weight)
         self.epoch = 0
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -201,7 +209,11 @@ class CASAM(SAM):
         perturb_mask = source | fallback
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
-        loss = self._clean_mean(losses, perturb_mask)
+        if self.perturb_weight and not self.in_warmup:  # the other side at weight mu (1: the whole batch)
+            weights = torch.where(perturb_mask, 1.0, self.perturb_weight).to(losses.dtype)
+            loss = (losses * weights).sum() / self._global_sum(weights)
+        else:
+            loss = self._clean_mean(losses, perturb_mask)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.measure_cosine:
             self.last_grad_cosine = self._cosine_with_grads(full)
@@ -304,6 +316,14 @@ class CASAM(SAM):
         else:
             count = count.clamp_min(1).to(losses.dtype)
         return torch.where(mask, losses, 0.0).sum() / count
+
+    @staticmethod
+    def _global_sum(weights: Tensor) -> Tensor:
+        """sum of the weights, as `_clean_mean` counts: under synchronised DDP the global sum / world size."""
+        total = weights.sum()
+        if distributed.gradients_synchronised():
+            return distributed.all_reduce_sum(total) / distributed.world_size()
+        return total
 
     def _weighted_mean(self, losses: Tensor, clean: Tensor) -> Tensor:
         """(1/|B|) sum_i a_i l_i, a_i = 1 (clean) or lambda (noisy); lambda = 0 ignores even non-finite noisy losses."""

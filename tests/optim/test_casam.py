@@ -363,3 +363,28 @@ def test_perturb_from_noisy_is_the_control_with_the_likely_noisy_gradient(tiny):
     opt.second_step(tiny.losses(model))
     with pytest.raises(ValueError, match="perturb_from must be one of clean, noisy"):
         make(tiny.model(), history, perturb_from="all")
+
+
+@pytest.mark.parametrize("mu", [0.25, 1.0])
+def test_perturb_weight_mixes_the_other_side_into_the_perturbation(tiny, mu):
+    """perturb_weight mu: e = rho g_mu / |g_mu|, g_mu the gradient of sum a_i l_i with a_i = 1 (likely clean)
+    or mu (likely noisy); mu = 1 is SAM's whole-batch perturbation exactly."""
+    rho = 0.3
+    model, whole = tiny.model(), tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    a = torch.where(clean, 1.0, torch.tensor(mu, dtype=torch.float64))
+    g = tiny.grad(model, w, sample_weights=a)
+    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
+    opt = make(model, history, rho=rho, perturb_weight=mu)
+    logits = model(tiny.x)
+    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    assert torch.equal(mask, clean)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=1e-12, atol=1e-14)
+    if mu == 1.0:
+        SAM(whole.parameters(), torch.optim.SGD, rho=rho, lr=0.5).first_step(tiny.losses(whole))
+        for p, q in zip(model.parameters(), whole.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match=r"perturb_weight must be a number in \[0, 1\]"):
+        make(tiny.model(), history, perturb_weight=1.5)
