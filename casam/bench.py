@@ -370,8 +370,9 @@ def execute(
     progress: bool = True,
 ) -> list[Outcome]:
     """Run the grid: finished runs are skipped, the others start in fresh "spawn" processes, at most
-    `workers` at a time (default: one per core), each with max(1, cores // workers) torch threads
-    (workers counted as at most the number of runs to do).
+    `workers` at a time (default: one per core), each with max(1, cores // workers) torch threads:
+    a run's thread count (hence its float summation order, which at heavy noise changes the result
+    by several points) depends on --workers and the machine only, not on how many runs are left.
 
     A process per run (not a pool): a run that crashes its process (out of memory, a signal) fails
     alone and the others go on. Outcomes come back in the order of `runs`. A KeyboardInterrupt
@@ -397,7 +398,7 @@ def execute(
     if not todo:
         return [outcomes[r.id] for r in runs]
 
-    threads = max(1, cores // min(workers, len(todo)))
+    threads = max(1, cores // workers)
     ctx = multiprocessing.get_context("spawn")
     bar = _progress_bar(len(todo), enabled=progress)
     active: dict[Any, tuple[Run, Any, Any]] = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from casam.bench import CSV_COLUMNS, GridError, expand_grid, load_grid, parse_method
+from casam.bench import CSV_COLUMNS, GridError, default_workers, expand_grid, load_grid, parse_method
 from casam.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,8 @@ def test_per_epoch_curves_stay_in_every_run_folder(tiny):
         assert [r["epoch"] for r in rows] == [1, 2]
         assert all("test_acc" in r and "memorization" in r for r in rows)
         assert ("sel_precision" in rows[-1]) == ("casam" in run_id)
+        # --workers 2: cores // 2 threads per run, whatever is left to do (the float summation order)
+        assert all(r["torch_threads"] == max(1, default_workers() // 2) for r in rows)
     ignored = (out / ".gitignore").read_text()
     assert "!runs/" in ignored and "runs/**/checkpoint*.pt" in ignored
 
