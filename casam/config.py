@@ -41,6 +41,7 @@ _USED_BY = {
     "noisy_target": ("optimizer", ("casam",)),
     "perturb_from": ("optimizer", ("casam",)),
     "perturb_weight": ("optimizer", ("casam",)),
+    "perturb_balance": ("optimizer", ("casam",)),
     "log_cosine": ("optimizer", ("casam",)),
     "min_clean": ("optimizer", ("casam",)),
     "forget_rate": ("selection", ("coteaching",)),
@@ -89,6 +90,7 @@ class TrainConfig:
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control for the study (docs/casam-split.md)
     perturb_weight: float = 0.0  # mu: the other side's weight in the perturbation (0: CA-SAM, 1: SAM's direction)
+    perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8

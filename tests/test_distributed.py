@@ -62,9 +62,10 @@ def batches():
 
 def build(method):
     model = mlp()
-    if method.startswith("casam"):  # casam-mu: the likely-noisy samples in the perturbation at weight 0.3
+    if method.startswith("casam"):  # casam-mu: the likely-noisy side in the perturbation at weight 0.3 (balanced)
         opt = CASAM(model.parameters(), torch.optim.SGD, history=primed_history(), rho=RHO, lr=LR, momentum=0.9,
-                    warmup_epochs=0, min_clean=1, noisy_weight=0.5, perturb_weight=0.3 if method == "casam-mu" else 0.0)
+                    warmup_epochs=0, min_clean=1, noisy_weight=0.5, perturb_weight=0.3 if method == "casam-mu" else 0.0,
+                    perturb_balance=method == "casam-mu")
     else:
         opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=0.9)
     return model, opt

@@ -31,6 +31,7 @@ HELP = {
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "noisy_weight": "CA-SAM lambda: weight of likely-noisy samples in the update",
     "perturb_from": "CA-SAM: clean (the method) or noisy (a control: perturb from the likely-noisy samples)",
+    "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_weight": "CA-SAM mu: weight of the other side's samples in the perturbation (0: CA-SAM, 1: SAM's direction)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",

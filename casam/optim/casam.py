@@ -89,6 +89,9 @@ class CASAM(SAM):
             (1/sum a_i) sum a_i l_i: 0 is CA-SAM (that side only), 1 is SAM's whole-batch direction.
             SAM's flatness pressure on the samples left out is what keeps them from being memorised
             at moderate noise; at heavy noise it is what stops learning (docs/casam-split.md).
+        perturb_balance: with perturb_weight, weigh the two sides by their means instead of their
+            samples, mean_S l + mu mean_O l, so that mu means the same at any noise level (at 80 % noise
+            the likely-noisy side is most of the batch and would otherwise outweigh the clean one).
     """
 
     _WRAPPER = "CASAM"
@@ -110,6 +113,7 @@ class CASAM(SAM):
         warmup_rho: float | None = None,
         perturb_from: str = "clean",
         perturb_weight: float = 0.0,
+        perturb_balance: bool = False,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -126,6 +130,8 @@ class CASAM(SAM):
             raise ValueError(f"perturb_from must be one of {', '.join(PERTURB_FROM)}, got {perturb_from!r}")
         if isinstance(perturb_weight, bool) or not isinstance(perturb_weight, numbers.Real) or not 0 <= perturb_weight <= 1:
             raise ValueError(f"perturb_weight must be a number in [0, 1], got {perturb_weight!r}")
+        if not isinstance(perturb_balance, bool):
+            raise TypeError(f"perturb_balance must be True or False, got {perturb_balance!r}")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
@@ -137,6 +143,7 @@ class CASAM(SAM):
         self.warmup_rho = None if warmup_rho is None else float(warmup_rho)
         self.perturb_from = perturb_from
         self.perturb_weight = float(perturb_weight)
+        self.perturb_balance = perturb_balance
         self.epoch = 0
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -209,7 +216,9 @@ class CASAM(SAM):
         perturb_mask = source | fallback
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
-        if self.perturb_weight and not self.in_warmup:  # the other side at weight mu (1: the whole batch)
+        if self.perturb_weight and not self.in_warmup and self.perturb_balance:  # mean_S + mu mean_O
+            loss = self._clean_mean(losses, perturb_mask) + self.perturb_weight * self._clean_mean(losses, ~perturb_mask)
+        elif self.perturb_weight and not self.in_warmup:  # the other side at weight mu (1: the whole batch)
             weights = torch.where(perturb_mask, 1.0, self.perturb_weight).to(losses.dtype)
             loss = (losses * weights).sum() / self._global_sum(weights)
         else:

@@ -388,3 +388,22 @@ def test_perturb_weight_mixes_the_other_side_into_the_perturbation(tiny, mu):
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match=r"perturb_weight must be a number in \[0, 1\]"):
         make(tiny.model(), history, perturb_weight=1.5)
+
+
+def test_perturb_balance_weighs_each_side_by_its_mean(tiny):
+    """perturb_balance: e along grad(mean_C l + mu mean_N l), whatever the sizes of the two sides."""
+    rho, mu = 0.3, 0.5
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    n_clean, n_noisy = clean.sum().double(), (~clean).sum().double()
+    a = torch.where(clean, 1.0 / n_clean, mu / n_noisy) * len(clean)
+    g = tiny.grad(model, w, sample_weights=a)
+    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
+    opt = make(model, history, rho=rho, perturb_weight=mu, perturb_balance=True)
+    logits = model(tiny.x)
+    opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="perturb_balance must be True or False"):
+        make(tiny.model(), history, perturb_weight=mu, perturb_balance="yes")
