@@ -35,7 +35,7 @@ Diagnostics, cheap (no host sync): `last_clean_mask` (B,) bool (C), `last_fallba
 
 Data parallel (DDP, see docs/distributed.md): `_update_history` all-gathers (indices, logits, labels,
 losses) from every rank before recording them, so every rank holds the same history and makes the same
-split; `_clean_mean` normalises by the all-reduced global clean count (times the world size, since DDP
+split; `_global_mean` normalises by the all-reduced global clean count (times the world size, since DDP
 averages the ranks' gradients), so the averaged perturbation gradient is that of the global clean mean.
 Inside `casam.distributed.local_gradients` (m-sharpness: no gradient sync) it uses the local count.
 """
@@ -216,13 +216,13 @@ class CASAM(SAM):
         perturb_mask = source | fallback
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
-        if self.perturb_weight and not self.in_warmup and self.perturb_balance:  # mean_S + mu mean_O
-            loss = self._clean_mean(losses, perturb_mask) + self.perturb_weight * self._clean_mean(losses, ~perturb_mask)
-        elif self.perturb_weight and not self.in_warmup:  # the other side at weight mu (1: the whole batch)
-            weights = torch.where(perturb_mask, 1.0, self.perturb_weight).to(losses.dtype)
-            loss = (losses * weights).sum() / self._global_sum(weights)
+        mixing = self.perturb_weight and not self.in_warmup  # the other side in the perturbation at weight mu
+        if mixing and not self.perturb_balance:  # per sample (mu 1: the whole batch)
+            loss = self._global_mean(losses, torch.where(perturb_mask, 1.0, self.perturb_weight))
         else:
-            loss = self._clean_mean(losses, perturb_mask)
+            loss = self._global_mean(losses, perturb_mask)
+            if mixing:  # per side: mean_S + mu mean_O
+                loss = loss + self.perturb_weight * self._global_mean(losses, ~perturb_mask)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.measure_cosine:
             self.last_grad_cosine = self._cosine_with_grads(full)
@@ -314,25 +314,18 @@ class CASAM(SAM):
         c = logits.shape[1]
         self.history.update(packed[:, c + 1].long(), packed[:, :c], packed[:, c + 2].long(), packed[:, c])
 
-    def _clean_mean(self, losses: Tensor, mask: Tensor) -> Tensor:
-        """(1/|C|) sum_{i in C} l_i (0 if C is empty). Under DDP with synchronised gradients the local sum is
-        divided by |C_global| / world_size (|C_global| all-reduced), so that DDP's averaging of the ranks'
-        gradients yields grad (1/|C_global|) sum_{i in C_global} l_i."""
-        count = mask.sum()
-        if distributed.gradients_synchronised():
-            count = distributed.all_reduce_sum(count).to(losses.dtype) / distributed.world_size()
-            count = count.clamp_min(1.0 / distributed.world_size())
-        else:
-            count = count.clamp_min(1).to(losses.dtype)
-        return torch.where(mask, losses, 0.0).sum() / count
-
     @staticmethod
-    def _global_sum(weights: Tensor) -> Tensor:
-        """sum of the weights, as `_clean_mean` counts: under synchronised DDP the global sum / world size."""
-        total = weights.sum()
+    def _global_mean(losses: Tensor, weights: Tensor) -> Tensor:
+        """sum_i w_i l_i / sum_i w_i over the batch (0 if every weight is 0); `weights` a (B,) bool mask (the
+        mean over it) or float weights. Under DDP with synchronised gradients the local weighted sum is
+        divided by the all-reduced global weight / world_size, so that DDP's averaging of the ranks'
+        gradients yields the gradient of the global weighted mean. Samples of weight 0 are left out even
+        when their loss is not finite."""
+        w = weights.to(losses.dtype)
+        total = w.sum()
         if distributed.gradients_synchronised():
-            return distributed.all_reduce_sum(total) / distributed.world_size()
-        return total
+            total = distributed.all_reduce_sum(total) / distributed.world_size()
+        return torch.where(w != 0, losses * w, 0.0).sum() / total.clamp_min(torch.finfo(losses.dtype).tiny)
 
     def _weighted_mean(self, losses: Tensor, clean: Tensor) -> Tensor:
         """(1/|B|) sum_i a_i l_i, a_i = 1 (clean) or lambda (noisy); lambda = 0 ignores even non-finite noisy losses."""
