@@ -511,7 +511,7 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
 
 
 def _from_epochs(path: Path) -> dict[str, float | None]:
-    """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction) and the
+    """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction or val_size) and the
     lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
     that decays over training is judged by."""
     from casam.train import read_metrics

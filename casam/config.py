@@ -59,6 +59,7 @@ class TrainConfig:
     data_dir: str | None = None
     train_subset: int | None = 10000  # seeded subset of the training split; None = all of it
     val_fraction: float = 0.0  # held out of the (noisy) training subset: val_acc against the given labels, for tuning
+    val_size: int = 0  # or: N noisy samples held out from the images outside train_subset (same noise); trains on all train_subset
     noise: str = "symmetric:0.5"
     noise_seed: int | None = None  # None: the run's seed
     augment: str = "auto"  # auto: crop_flip for CIFAR, none otherwise
@@ -146,6 +147,12 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"train_subset must be a positive number of samples; got {self.train_subset}")
+        if self.val_size < 0:
+            raise ConfigError(f"val_size must be >= 0; got {self.val_size}")
+        if self.val_size and self.val_fraction:
+            raise ConfigError("give val_fraction or val_size, not both")
+        if self.val_size and self.train_subset is None:
+            raise ConfigError("val_size holds out images outside train_subset; set train_subset (or use val_fraction)")
         for name in ("lr", "weight_decay", "rho", "momentum", "gamma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")

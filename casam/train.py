@@ -87,22 +87,33 @@ def prepare_run_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path:
 
 
 def load_data(config: TrainConfig) -> tuple[NoisyDataset, NoisyDataset]:
-    """(noisy train split, test split). Synthetic noise is drawn on the subset actually trained on;
-    human labels (CIFAR-N) belong to the full split, so they are attached first and then subset."""
+    """(noisy train split, test split). Synthetic noise is drawn on the subset actually used (with
+    `val_size`, the trained-on subset and the held-out samples together, so both share one noise
+    process); human labels (CIFAR-N) belong to the full split, so they are attached first and then subset."""
     train_set, test_set = load_dataset(config.dataset, data_dir=config.data_dir)
     noise_seed = config.seed if config.noise_seed is None else config.noise_seed
     human = parse_noise(config.noise).kind in ("cifar10n", "cifar100n")
     if human:
         train_set = train_set.with_noise(config.noise, seed=noise_seed, data_dir=config.data_dir)
-    if config.train_subset is not None and config.train_subset < len(train_set):
-        train_set = train_set.subset(config.train_subset, seed=config.seed)
+    if config.train_subset is not None:
+        used = config.train_subset + config.val_size
+        if config.val_size and used > len(train_set):
+            raise ConfigError(
+                f"train_subset {config.train_subset} + val_size {config.val_size} exceeds the {len(train_set):,} "
+                f"training images of {config.dataset}"
+            )
+        if used < len(train_set):
+            train_set = train_set.subset(used, seed=config.seed)
     if not human:
         train_set = train_set.with_noise(config.noise, seed=noise_seed, data_dir=config.data_dir)
     return train_set, test_set
 
 
 def split_validation(config: TrainConfig, train_set: NoisyDataset) -> tuple[NoisyDataset, NoisyDataset | None]:
-    """(trained on, held out or None): `val_fraction` of the noisy training data set aside for tuning."""
+    """(trained on, held out or None): noisy training data set aside for tuning, either `val_fraction`
+    of the subset or `val_size` samples on top of it (load_data drew train_subset + val_size)."""
+    if config.val_size:
+        return train_set.holdout(config.val_size / len(train_set), seed=config.seed)
     if not config.val_fraction:
         return train_set, None
     return train_set.holdout(config.val_fraction, seed=config.seed)

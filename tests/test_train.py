@@ -156,3 +156,25 @@ def test_held_out_noisy_validation_and_the_split_diagnostics(tmp_path):
     # the held-out part is scored against noisy labels: about 70 % of them are right, so it sits below test accuracy
     assert history[-1]["val_acc"] < history[-1]["test_acc"]
     assert len((out / "suspects.csv").read_text().splitlines()) <= 801
+
+
+def test_val_size_holds_out_noisy_images_outside_the_subset():
+    """--val-size N trains on all of train_subset and holds out N other images with the same noise process."""
+    from casam.config import ConfigError, TrainConfig
+    from casam.train import load_data, split_validation
+
+    config = TrainConfig(dataset="digits", train_subset=800, val_size=400, noise="symmetric:0.4", seed=3)
+    trained, held = split_validation(config, load_data(config)[0])
+    assert (len(trained), len(held)) == (800, 400)
+    rows_of = lambda part: {tuple(image.flatten().tolist()) for image in part.images}  # noqa: E731
+    assert not rows_of(trained) & rows_of(held)  # disjoint images (digits has no duplicate images across them)
+    for part in (trained, held):  # one noise process: both parts near the 40 % rate
+        rate = (part.labels != part.true_labels).float().mean().item()
+        assert 0.3 < rate < 0.5
+    plain = split_validation(TrainConfig(dataset="digits", train_subset=800, noise="symmetric:0.4", seed=3),
+                             load_data(TrainConfig(dataset="digits", train_subset=800, noise="symmetric:0.4", seed=3))[0])
+    assert plain[1] is None and len(plain[0]) == 800
+    with pytest.raises(ConfigError, match="exceeds"):
+        load_data(TrainConfig(dataset="digits", train_subset=1000, val_size=500))
+    with pytest.raises(ConfigError, match="not both"):
+        TrainConfig(dataset="digits", val_fraction=0.1, val_size=100).validate()

@@ -17,6 +17,9 @@ RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir")
 HELP = {
     "dataset": "fashion-mnist, cifar10, cifar100 or digits",
     "train_subset": "train on a seeded subset of N samples (none: the whole split)",
+    "val_fraction": "hold out this fraction of the noisy training subset for tuning (val_acc against its given labels)",
+    "val_size": "hold out N noisy samples drawn from the images outside the training subset (same noise process), "
+    "so the subset trained on keeps its size; for tuning at a finer resolution than val_fraction",
     "noise": "TYPE:RATE, e.g. symmetric:0.5, asymmetric:0.4, pairflip:0.45, instance:0.4, matrix:PATH, cifar10n:worst, none",
     "model": "mlp, cnn, preact_resnet18 or resnet34",
     "optimizer": "sgd, sam, asam or casam",
