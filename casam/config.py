@@ -89,7 +89,7 @@ class TrainConfig:
     history_beta: float = 0.9
     noisy_weight: float = 1.0
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
-    perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control for the study (docs/casam-split.md)
+    perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
     perturb_weight: float = 0.0  # mu: the other side's weight in the perturbation (0: CA-SAM, 1: SAM's direction)
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)

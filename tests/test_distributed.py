@@ -62,10 +62,12 @@ def batches():
 
 def build(method):
     model = mlp()
-    if method.startswith("casam"):  # casam-mu: the likely-noisy side in the perturbation at weight 0.3 (balanced)
+    if method.startswith("casam"):  # casam-mu: the likely-noisy side in the perturbation at weight 0.3 (balanced);
+        # casam-confidence: every sample in the perturbation at its history's probability of its label
         opt = CASAM(model.parameters(), torch.optim.SGD, history=primed_history(), rho=RHO, lr=LR, momentum=0.9,
                     warmup_epochs=0, min_clean=1, noisy_weight=0.5, perturb_weight=0.3 if method == "casam-mu" else 0.0,
-                    perturb_balance=method == "casam-mu")
+                    perturb_balance=method == "casam-mu",
+                    perturb_from="confidence" if method == "casam-confidence" else "clean")
     else:
         opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=0.9)
     return model, opt
@@ -91,7 +93,7 @@ def _worker(rank, world, store, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         results = {}
-        for method in ("sam", "casam", "casam-mu"):
+        for method in ("sam", "casam", "casam-mu", "casam-confidence"):
             model, opt = build(method)
             results[method], masks = run_steps(distributed.wrap_model(model, device=torch.device("cpu")), opt, rank, world)
             if method == "casam":
@@ -141,7 +143,7 @@ def assert_same_weights(a, b, tol):
 
 
 # ---------------------------------------------------------------------------------------------- the tests
-@pytest.mark.parametrize("method", ["sam", "casam", "casam-mu"])
+@pytest.mark.parametrize("method", ["sam", "casam", "casam-mu", "casam-confidence"])
 def test_ddp_step_equals_single_process_global_batch(ranks, method):
     model, opt = build(method)
     single, masks = run_steps(model, opt, 0, 1)

@@ -33,7 +33,7 @@ HELP = {
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss or gmm",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "noisy_weight": "CA-SAM lambda: weight of likely-noisy samples in the update",
-    "perturb_from": "CA-SAM: clean (the method) or noisy (a control: perturb from the likely-noisy samples)",
+    "perturb_from": "CA-SAM: clean (the method), noisy (a control: perturb from the likely-noisy samples) or confidence (no mask: each sample weighted by its history's probability of its given label)",
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_weight": "CA-SAM mu: weight of the other side's samples in the perturbation (0: CA-SAM, 1: SAM's direction)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",

@@ -60,7 +60,7 @@ from casam.optim.sam import SAM, _global_norm
 __all__ = ["CASAM", "NOISY_TARGETS", "PERTURB_FROM"]
 
 NOISY_TARGETS = ("given", "history")
-PERTURB_FROM = ("clean", "noisy")
+PERTURB_FROM = ("clean", "noisy", "confidence")
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -84,7 +84,11 @@ class CASAM(SAM):
             historical prediction, so the update stops pulling the network towards labels the history doubts.
         perturb_from: "clean" (CA-SAM) or "noisy", a control for the study of why CA-SAM works: the
             perturbation from the likely-noisy samples (a batch with fewer than `min_clean` of them
-            perturbs with the whole batch). The update is the same in both.
+            perturbs with the whole batch). The update is the same in both. "confidence": no mask but
+            soft weights, every sample weighted by the history's (bias-corrected) probability of its
+            given label, sum_i h_i[y_i] l_i / sum_i h_i[y_i]: the gradient of the loss the history
+            expects to be clean. A mislabelled sample the network starts to memorise gains weight, so
+            SAM's flatness pressure returns where it is needed, with no dial for the noise level.
         perturb_weight: mu in [0, 1], the weight of the other side's samples in the perturbation's loss
             (1/sum a_i) sum a_i l_i: 0 is CA-SAM (that side only), 1 is SAM's whole-batch direction.
             SAM's flatness pressure on the samples left out is what keeps them from being memorised
@@ -130,6 +134,8 @@ class CASAM(SAM):
             raise ValueError(f"perturb_from must be one of {', '.join(PERTURB_FROM)}, got {perturb_from!r}")
         if isinstance(perturb_weight, bool) or not isinstance(perturb_weight, numbers.Real) or not 0 <= perturb_weight <= 1:
             raise ValueError(f"perturb_weight must be a number in [0, 1], got {perturb_weight!r}")
+        if perturb_from == "confidence" and (perturb_weight or perturb_balance):
+            raise ValueError("perturb_from='confidence' weighs every sample itself; leave perturb_weight 0 and perturb_balance False")
         if not isinstance(perturb_balance, bool):
             raise TypeError(f"perturb_balance must be True or False, got {perturb_balance!r}")
         if not isinstance(measure_cosine, bool):
@@ -217,7 +223,10 @@ class CASAM(SAM):
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
         mixing = self.perturb_weight and not self.in_warmup  # the other side in the perturbation at weight mu
-        if mixing and not self.perturb_balance:  # per sample (mu 1: the whole batch)
+        if self.perturb_from == "confidence" and not self.in_warmup:  # soft weights h_i[y_i]
+            confidence = self.history.mean_probs(indices).gather(1, labels.to(self.history.device).long()[:, None])[:, 0]
+            loss = self._global_mean(losses, confidence.to(losses.device))
+        elif mixing and not self.perturb_balance:  # per sample (mu 1: the whole batch)
             loss = self._global_mean(losses, torch.where(perturb_mask, 1.0, self.perturb_weight))
         else:
             loss = self._global_mean(losses, perturb_mask)

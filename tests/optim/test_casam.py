@@ -361,8 +361,38 @@ def test_perturb_from_noisy_is_the_control_with_the_likely_noisy_gradient(tiny):
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), w[name] + rho * g_noisy[name] / norm, rtol=1e-12, atol=1e-14)
     opt.second_step(tiny.losses(model))
-    with pytest.raises(ValueError, match="perturb_from must be one of clean, noisy"):
+    with pytest.raises(ValueError, match="perturb_from must be one of clean, noisy, confidence"):
         make(tiny.model(), history, perturb_from="all")
+
+
+def test_perturb_from_confidence_weighs_each_sample_by_its_history(tiny):
+    """perturb_from="confidence": e along grad(sum_i c_i l_i / sum_i c_i), c_i = h_i[y_i] after this batch is
+    recorded; the mask returned is still the agreement split; the warm-up perturbs with the whole batch."""
+    rho = 0.3
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    expected_history = copy.deepcopy(history)
+    expected_history.update(tiny.idx, model(tiny.x).detach(), tiny.y)
+    c = expected_history.mean_probs(tiny.idx).double().gather(1, tiny.y[:, None])[:, 0]
+    assert c[~clean].max() < 0.5 < c[clean].min()  # the believed-mislabelled samples weigh little
+    g = tiny.grad(model, w, sample_weights=c / c.sum() * len(c))
+    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
+    opt = make(model, history, rho=rho, perturb_from="confidence")
+    logits = model(tiny.x)
+    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+    assert torch.equal(mask, clean)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=1e-10, atol=1e-12)
+    opt.second_step(tiny.losses(model))
+    warm, whole = tiny.model(), tiny.model()
+    opt = make(warm, believed_history(tiny)[0], rho=rho, perturb_from="confidence", warmup_epochs=1)
+    opt.first_step(tiny.losses(warm), logits=warm(tiny.x), indices=tiny.idx, labels=tiny.y)
+    SAM(whole.parameters(), torch.optim.SGD, rho=rho, lr=0.5).first_step(tiny.losses(whole))
+    for p, q in zip(warm.parameters(), whole.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="weighs every sample itself"):
+        make(tiny.model(), history, perturb_from="confidence", perturb_weight=0.5)
 
 
 @pytest.mark.parametrize("mu", [0.25, 1.0])
