@@ -29,7 +29,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -375,8 +377,9 @@ def execute(
     by several points) depends on --workers and the machine only, not on how many runs are left.
 
     A process per run (not a pool): a run that crashes its process (out of memory, a signal) fails
-    alone and the others go on. Outcomes come back in the order of `runs`. A KeyboardInterrupt
-    stops the workers (they are ours) and propagates; every checkpoint written so far is kept.
+    alone and the others go on. Outcomes come back in the order of `runs`. A KeyboardInterrupt, or a
+    SIGTERM (`kill`, a job scheduler), stops the workers (they are ours: a killed bench must not leave
+    orphans training on) and propagates; every checkpoint written so far is kept.
     """
     import multiprocessing
     from multiprocessing.connection import wait
@@ -411,6 +414,7 @@ def execute(
             with bar.external_write_mode():
                 log(text)
 
+    restore = _raise_on_sigterm()
     try:
         pending = list(todo)
         while pending or active:
@@ -451,9 +455,23 @@ def execute(
             process.join()
         raise
     finally:
+        restore()
         if bar is not None:
             bar.close()
     return [outcomes[r.id] for r in runs]
+
+
+def _raise_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM raise SystemExit(143) in the main thread, so that `execute` stops its workers as it
+    does on Ctrl-C; returns the function that puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _progress_bar(total: int, *, enabled: bool):

@@ -254,6 +254,49 @@ def test_second_bench_into_the_same_folder_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def _children(pid):
+    """PIDs of the live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_stops_the_workers_and_keeps_their_checkpoints(tmp_path):
+    """`kill BENCH` (SIGTERM, as a job scheduler sends) must not leave its workers training on as orphans."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grid = write_grid(tmp_path / "grid.yaml", {**TINY, "base": {**TINY["base"], "epochs": 200}, "noises": ["symmetric:0.2"]})
+    out = tmp_path / "out"
+    bench_process = subprocess.Popen(
+        [sys.executable, "-m", "casam", "bench", "--grid", grid, "--out", str(out), "--workers", "2", "--no-progress"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    metrics = [run_dir(out, f"symmetric:0.2/{m}/seed0") / "metrics.jsonl" for m in TINY["methods"]]
+    deadline = time.time() + 120
+    while not all(p.is_file() and p.read_text().count("\n") >= 1 for p in metrics):
+        assert time.time() < deadline and bench_process.poll() is None, "the runs did not start"
+        time.sleep(0.2)
+    workers = [pid for pid in _children(bench_process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    bench_process.send_signal(signal.SIGTERM)
+    assert bench_process.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.time() < deadline, "workers still alive after the bench was killed"
+        time.sleep(0.1)
+    assert all((p.parent / "checkpoint.pt").is_file() for p in metrics)  # a second bench resumes them
+
+
 def test_method_names_and_only_patterns(tmp_path):
     assert parse_method("sgd+ce+coteaching") == {"optimizer": "sgd", "loss": "ce", "selection": "coteaching"}
     assert parse_method("sam+ce@rho0.1") == {"optimizer": "sam", "loss": "ce", "selection": "none"}
