@@ -107,20 +107,6 @@ def update_on_batch(
     return None
 
 
-def set_sam_warmup(optimizer, epoch: int, plain_epochs: int) -> None:
-    """SAM and ASAM take plain base-optimizer steps (radius 0) in their first `plain_epochs` epochs.
-
-    CA-SAM's warm-up (`warmup_rho` 0) is the same thing; this gives SAM the same start, so that a
-    comparison at high noise is not decided by the warm-up alone (docs/casam-split.md). The radius
-    is kept in each group as `initial_rho`, as LR schedulers keep `initial_lr`.
-    """
-    if plain_epochs <= 0 or not isinstance(optimizer, SAM) or isinstance(optimizer, CASAM):
-        return
-    for group in optimizer.param_groups:
-        group.setdefault("initial_rho", group["rho"])
-        group["rho"] = 0.0 if epoch < plain_epochs else group["initial_rho"]
-
-
 def first_pass_context(model: nn.Module, local: bool):
     """The context of a SAM-family first forward: `local_gradients(model)` for m-sharpness, else nothing."""
     return distributed.local_gradients(model) if local else contextlib.nullcontext()
@@ -139,9 +125,8 @@ class SingleLearner:
     model: the network, DDP-wrapped under a process group. sam_sync=False: m-sharpness (module docstring).
     """
 
-    def __init__(self, model, optimizer, loss_fn, precision: Precision, *, sam_sync: bool = True, sam_warmup: int = 0):
+    def __init__(self, model, optimizer, loss_fn, precision: Precision, *, sam_sync: bool = True):
         self.model, self.optimizer, self.loss_fn, self.precision = model, optimizer, loss_fn, precision
-        self.sam_warmup = sam_warmup
         self.selects = isinstance(optimizer, CASAM)
         self.local_first_pass = not sam_sync and isinstance(optimizer, SAM)
         self.cosines: list[torch.Tensor] = []  # CA-SAM with measure_cosine: cos(g_C, g_B) of each step this epoch
@@ -164,8 +149,7 @@ class SingleLearner:
 
     def set_epoch(self, epoch: int) -> None:
         self.cosines = []
-        set_sam_warmup(self.optimizer, epoch, self.sam_warmup)
-        if isinstance(self.optimizer, CASAM):
+        if isinstance(self.optimizer, SAM):  # the warm-up; CA-SAM also refreshes its history's criteria
             self.optimizer.set_epoch(epoch)
 
     def end_epoch(self, epoch: int) -> None:
@@ -203,10 +187,8 @@ class CoTeachingLearner:
 
     ESTIMATE_EPOCH = 1
 
-    def __init__(self, models, optimizers, loss_fns, precision: Precision, *, selector, num_samples: int, device, sam_sync: bool = True,
-                 sam_warmup: int = 0):
+    def __init__(self, models, optimizers, loss_fns, precision: Precision, *, selector, num_samples: int, device, sam_sync: bool = True):
         self.models, self.optimizers, self.loss_fns, self.precision = models, optimizers, loss_fns, precision
-        self.sam_warmup = sam_warmup
         self.local_first_pass = not sam_sync and isinstance(optimizers[0], SAM)
         self.selector = selector
         self.selects = True
@@ -243,7 +225,8 @@ class CoTeachingLearner:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         for optimizer in self.optimizers:
-            set_sam_warmup(optimizer, epoch, self.sam_warmup)
+            if isinstance(optimizer, SAM):
+                optimizer.set_epoch(epoch)
         self.drop_rate = 0.0 if self.selector.forget_rate is None else self.selector.rate(epoch)
 
     def end_epoch(self, epoch: int) -> None:

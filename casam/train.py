@@ -127,10 +127,9 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
     params = model.parameters()
     if config.optimizer == "sgd":
         return base(params, **kwargs)
-    if config.optimizer == "sam":
-        return SAM(params, base, rho=config.rho, **kwargs)
-    if config.optimizer == "asam":
-        return ASAM(params, base, rho=config.rho, **kwargs)
+    if config.optimizer in ("sam", "asam"):  # --sam-warmup N: N epochs of plain base-optimizer steps first
+        wrapper = SAM if config.optimizer == "sam" else ASAM
+        return wrapper(params, base, rho=config.rho, warmup_epochs=config.sam_warmup, warmup_rho=0.0, **kwargs)
     history = SampleHistory(
         num_samples, num_classes, beta=config.history_beta, criterion=config.criterion, debias=config.history_debias, device=device
     )
@@ -174,12 +173,11 @@ def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.de
         selector = CoTeachingSelector(forget_rate=config.forget_rate, num_gradual=config.num_gradual)
         learner = CoTeachingLearner(
             models, optimizers, [loss(), loss()], precision, selector=selector, num_samples=n, device=device, sam_sync=config.sam_sync,
-            sam_warmup=config.sam_warmup,
         )
     else:
         model = network()
         optimizer = build_optimizer(config, model, num_samples=n, num_classes=c, device=device)
-        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync, sam_warmup=config.sam_warmup)
+        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync)
     optimizers = learner.optimizers if hasattr(learner, "optimizers") else [learner.optimizer]
     return learner, [build_scheduler(config, opt) for opt in optimizers]
 

@@ -55,17 +55,12 @@ from torch.optim import Optimizer
 from casam import distributed
 from casam.history import SampleHistory
 from casam.optim.bn import frozen_bn_stats
-from casam.optim.sam import SAM, _global_norm
+from casam.optim.sam import SAM, _check_count, _global_norm
 
 __all__ = ["CASAM", "NOISY_TARGETS", "PERTURB_FROM"]
 
 NOISY_TARGETS = ("given", "history")
 PERTURB_FROM = ("clean", "noisy", "confidence")
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
 
 class CASAM(SAM):
@@ -75,11 +70,11 @@ class CASAM(SAM):
         params, base_optimizer, rho, adaptive, eta, **base_kwargs: as in `SAM`.
         history: the per-sample history that records each batch and provides the clean mask.
         noisy_weight: lambda >= 0, the weight of likely-noisy samples in the update gradient (1 keeps them fully).
-        warmup_epochs: epochs of plain SAM (C = B) while the history is uninformative.
+        warmup_epochs: epochs of SAM on the whole batch (C = B) while the history is uninformative.
         min_clean: a batch with fewer likely-clean samples perturbs with the whole batch.
         measure_cosine: compute `last_grad_cosine` each step (costs one extra backward).
-        warmup_rho: the radius during the warm-up epochs (None: rho). 0 makes the warm-up plain SGD
-            (two passes still), for noise so heavy that SAM's whole-batch perturbation stops learning.
+        warmup_rho: the radius during the warm-up epochs, as in `SAM` (None: rho). 0 makes the warm-up
+            plain SGD (two passes still), for noise so heavy that SAM's whole-batch perturbation stops learning.
         noisy_target: "given" trains likely-noisy samples on their given labels; "history" on their
             historical prediction, so the update stops pulling the network towards labels the history doubts.
         perturb_from: "clean" (CA-SAM) or "noisy", a control for the study of why CA-SAM works: the
@@ -124,10 +119,7 @@ class CASAM(SAM):
             raise TypeError(f"history must be a casam.history.SampleHistory, got {type(history).__name__}")
         if isinstance(noisy_weight, bool) or not isinstance(noisy_weight, numbers.Real) or not math.isfinite(noisy_weight) or noisy_weight < 0:
             raise ValueError(f"noisy_weight (lambda) must be a finite number >= 0, got {noisy_weight!r}")
-        _check_count("warmup_epochs", warmup_epochs)
         _check_count("min_clean", min_clean)
-        if warmup_rho is not None and (isinstance(warmup_rho, bool) or not isinstance(warmup_rho, numbers.Real) or not 0 <= warmup_rho < math.inf):
-            raise ValueError(f"warmup_rho must be None or a finite number >= 0, got {warmup_rho!r}")
         if noisy_target not in NOISY_TARGETS:
             raise ValueError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {noisy_target!r}")
         if perturb_from not in PERTURB_FROM:
@@ -140,17 +132,17 @@ class CASAM(SAM):
             raise TypeError(f"perturb_balance must be True or False, got {perturb_balance!r}")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
-        super().__init__(params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, **base_kwargs)
+        super().__init__(
+            params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, warmup_epochs=warmup_epochs, warmup_rho=warmup_rho, **base_kwargs
+        )
         self.history = history
         self.noisy_weight = float(noisy_weight)
-        self.warmup_epochs, self.min_clean = int(warmup_epochs), int(min_clean)
+        self.min_clean = int(min_clean)
         self.measure_cosine = measure_cosine
         self.noisy_target = noisy_target
-        self.warmup_rho = None if warmup_rho is None else float(warmup_rho)
         self.perturb_from = perturb_from
         self.perturb_weight = float(perturb_weight)
         self.perturb_balance = perturb_balance
-        self.epoch = 0
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
         self.last_grad_cosine: Tensor | None = None
@@ -160,26 +152,18 @@ class CASAM(SAM):
     # ------------------------------------------------------------------ epochs and state
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch about to start (0-based). Refreshes the history's global criteria if it changed."""
-        _check_count("epoch", epoch)
-        self.epoch = int(epoch)
+        super().set_epoch(epoch)
         if self.history.stale:
             self.history.refresh()
 
-    @property
-    def in_warmup(self) -> bool:
-        return self.epoch < self.warmup_epochs
-
-    def _radius(self, group: dict[str, Any]) -> float:
-        return self.warmup_rho if self.in_warmup and self.warmup_rho is not None else group["rho"]
-
     def _wrapper_state(self) -> dict[str, Any]:
-        return {"class": self._WRAPPER, "epoch": self.epoch, "history": self.history.state_dict()}
+        return {**super()._wrapper_state(), "history": self.history.state_dict()}
 
     def _load_wrapper_state(self, wrapper: dict[str, Any] | None) -> None:
         if wrapper is None:
             raise ValueError("state_dict has no CA-SAM part (epoch, history): it was not saved by CASAM.state_dict()")
         self.history.load_state_dict(wrapper["history"])
-        self.epoch = int(wrapper["epoch"])
+        super()._load_wrapper_state(wrapper)
 
     # ------------------------------------------------------------------ the two steps
     def first_step(  # type: ignore[override]

@@ -62,6 +62,11 @@ def _check_eta(eta: Any) -> None:
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
 
 
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+
 def _by_device(*lists: list[Tensor]) -> list[tuple[list[Tensor], ...]]:
     """Split parallel tensor lists by the device of the first list (one bucket in the usual case)."""
     if not lists[0] or all(t.device == lists[0][0].device for t in lists[0]):
@@ -92,6 +97,11 @@ class SAM(Optimizer):
         rho: radius of the perturbation, >= 0 (rho = 0 reproduces the base optimizer exactly).
         adaptive: ASAM's scale-invariant radius (T = |w| + eta); see `ASAM`.
         eta: ASAM's offset, >= 0.
+        warmup_epochs: the first epochs (counted by `set_epoch`, as a sampler's) perturb with
+            `warmup_rho` instead of each group's rho. CA-SAM's history needs them; SAM can have them
+            too, so that a comparison is not decided by the start alone.
+        warmup_rho: the radius in the warm-up, None (each group's rho) or >= 0; 0 makes the warm-up
+            plain base-optimizer steps (still two passes), the start that lets CA-SAM learn at 80 % noise.
         **base_kwargs: options of the base optimizer (lr, momentum, weight_decay, ...).
 
     The weights at w are kept in a persistent buffer of the parameters' size (one extra copy of the
@@ -109,10 +119,15 @@ class SAM(Optimizer):
         rho: float = 0.05,
         adaptive: bool = False,
         eta: float = 0.01,
+        warmup_epochs: int = 0,
+        warmup_rho: float | None = None,
         **base_kwargs: Any,
     ) -> None:
         _check_rho(rho)
         _check_eta(eta)
+        _check_count("warmup_epochs", warmup_epochs)
+        if warmup_rho is not None and (isinstance(warmup_rho, bool) or not isinstance(warmup_rho, numbers.Real) or not 0 <= warmup_rho < math.inf):
+            raise ValueError(f"warmup_rho must be None or a finite number >= 0, got {warmup_rho!r}")
         if not isinstance(adaptive, bool):
             raise TypeError(f"adaptive must be True or False, got {adaptive!r}")
         if isinstance(base_optimizer, Optimizer):
@@ -140,6 +155,9 @@ class SAM(Optimizer):
         self._backup: dict[Tensor, Tensor] = {}  # param -> buffer holding its value at w
         self._perturbed: tuple[list[Tensor], list[Tensor]] | None = None  # (params, backups) of the current step
         self._skip = False  # the current step's first-pass gradient was not finite (scaler in use)
+        self.warmup_epochs = int(warmup_epochs)
+        self.warmup_rho = None if warmup_rho is None else float(warmup_rho)
+        self.epoch = 0
 
     # ------------------------------------------------------------------ torch.optim plumbing
     def _share_base(self) -> None:
@@ -172,6 +190,11 @@ class SAM(Optimizer):
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
+        if "param_groups" in state_dict:  # saved mid-warm-up by casam < 0.2 (rho 0 in the groups, the radius aside)
+            state_dict["param_groups"] = [
+                {**{k: v for k, v in g.items() if k != "initial_rho"}, "rho": g["initial_rho"]} if "initial_rho" in g else g
+                for g in state_dict["param_groups"]
+            ]
         wrapper = state_dict.pop("wrapper", None)
         if wrapper is not None and wrapper.get("class") != self._WRAPPER:
             raise ValueError(f"state_dict was saved from a {wrapper.get('class')} optimizer, cannot load it into {self._WRAPPER}")
@@ -180,10 +203,21 @@ class SAM(Optimizer):
         self._share_base()
 
     def _wrapper_state(self) -> dict[str, Any]:
-        return {"class": self._WRAPPER}
+        return {"class": self._WRAPPER, "epoch": self.epoch}
 
     def _load_wrapper_state(self, wrapper: dict[str, Any] | None) -> None:
-        pass
+        if wrapper is not None:
+            self.epoch = int(wrapper.get("epoch", 0))
+
+    # ------------------------------------------------------------------ epochs
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch about to start (0-based): the warm-up is counted in epochs."""
+        _check_count("epoch", epoch)
+        self.epoch = int(epoch)
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
 
     # ------------------------------------------------------------------ the two steps
     @property
@@ -265,8 +299,8 @@ class SAM(Optimizer):
         return groups
 
     def _radius(self, group: dict[str, Any]) -> float:
-        """The perturbation radius of a parameter group for this step (CASAM: another one in warm-up)."""
-        return group["rho"]
+        """The perturbation radius of a parameter group for this step."""
+        return self.warmup_rho if self.in_warmup and self.warmup_rho is not None else group["rho"]
 
     @torch.no_grad()
     def _perturb(self, *, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
