@@ -126,10 +126,10 @@ class CASAM(SAM):
             raise ValueError(f"perturb_from must be one of {', '.join(PERTURB_FROM)}, got {perturb_from!r}")
         if isinstance(perturb_weight, bool) or not isinstance(perturb_weight, numbers.Real) or not 0 <= perturb_weight <= 1:
             raise ValueError(f"perturb_weight must be a number in [0, 1], got {perturb_weight!r}")
-        if perturb_from == "confidence" and (perturb_weight or perturb_balance):
-            raise ValueError("perturb_from='confidence' weighs every sample itself; leave perturb_weight 0 and perturb_balance False")
         if not isinstance(perturb_balance, bool):
             raise TypeError(f"perturb_balance must be True or False, got {perturb_balance!r}")
+        if perturb_from == "confidence" and (perturb_weight or perturb_balance):
+            raise ValueError("perturb_from='confidence' weighs every sample itself; leave perturb_weight 0 and perturb_balance False")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
@@ -198,24 +198,9 @@ class CASAM(SAM):
             clean = torch.ones(batch, dtype=torch.bool, device=losses.device)
         else:
             clean = self.history.clean_mask(indices, labels).to(losses.device)
-        source = ~clean if self.perturb_from == "noisy" and not self.in_warmup else clean
-        count = source.sum()
-        if distributed.gradients_synchronised():  # under DDP every rank falls back together, on the global count
-            count = distributed.all_reduce_sum(count)
-        fallback = count < self.min_clean  # 0-dim tensor: no host sync
-        perturb_mask = source | fallback
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
-        mixing = self.perturb_weight and not self.in_warmup  # the other side in the perturbation at weight mu
-        if self.perturb_from == "confidence" and not self.in_warmup:  # soft weights h_i[y_i]
-            confidence = self.history.mean_probs(indices).gather(1, labels.to(self.history.device).long()[:, None])[:, 0]
-            loss = self._global_mean(losses, confidence.to(losses.device))
-        elif mixing and not self.perturb_balance:  # per sample (mu 1: the whole batch)
-            loss = self._global_mean(losses, torch.where(perturb_mask, 1.0, self.perturb_weight))
-        else:
-            loss = self._global_mean(losses, perturb_mask)
-            if mixing:  # per side: mean_S + mu mean_O
-                loss = loss + self.perturb_weight * self._global_mean(losses, ~perturb_mask)
+        loss, fallback = self._perturbation_loss(losses, clean, indices, labels)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if self.measure_cosine:
             self.last_grad_cosine = self._cosine_with_grads(full)
@@ -223,6 +208,24 @@ class CASAM(SAM):
         self._clean, self._indices = clean, indices
         self.last_clean_mask, self.last_fallback = clean, fallback
         return clean
+
+    def _perturbation_loss(self, losses: Tensor, clean: Tensor, indices: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(the loss whose gradient sets e, whether the mask fell back to the whole batch as a 0-dim bool
+        tensor: no host sync). The confidence weights use no mask, so they neither count nor fall back."""
+        if self.perturb_from == "confidence" and not self.in_warmup:  # soft weights h_i[y_i]
+            confidence = self.history.mean_probs(indices).gather(1, labels.to(self.history.device).long()[:, None])[:, 0]
+            return self._global_mean(losses, confidence.to(losses.device)), torch.zeros((), dtype=torch.bool, device=losses.device)
+        source = ~clean if self.perturb_from == "noisy" and not self.in_warmup else clean
+        count = source.sum()
+        if distributed.gradients_synchronised():  # under DDP every rank falls back together, on the global count
+            count = distributed.all_reduce_sum(count)
+        fallback = count < self.min_clean
+        mask = source | fallback
+        if not self.perturb_weight or self.in_warmup:  # that side only
+            return self._global_mean(losses, mask), fallback
+        if self.perturb_balance:  # per side: mean_S + mu mean_O
+            return self._global_mean(losses, mask) + self.perturb_weight * self._global_mean(losses, ~mask), fallback
+        return self._global_mean(losses, torch.where(mask, 1.0, self.perturb_weight)), fallback  # per sample (mu 1: the whole batch)
 
     @torch.no_grad()
     def targets(self, labels: Tensor) -> Tensor:

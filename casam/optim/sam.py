@@ -190,7 +190,7 @@ class SAM(Optimizer):
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
-        if "param_groups" in state_dict:  # saved mid-warm-up by casam < 0.2 (rho 0 in the groups, the radius aside)
+        if "param_groups" in state_dict:  # saved mid-warm-up before the warm-up moved into SAM: rho 0 in the groups, the radius as initial_rho
             state_dict["param_groups"] = [
                 {**{k: v for k, v in g.items() if k != "initial_rho"}, "rho": g["initial_rho"]} if "initial_rho" in g else g
                 for g in state_dict["param_groups"]
