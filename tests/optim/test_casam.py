@@ -36,6 +36,19 @@ def make(model, history, **kw):
     return CASAM(model.parameters(), torch.optim.SGD, history=history, **options)
 
 
+def first_step_at(opt, tiny, model):
+    """CASAM.first_step on the whole tiny batch at the model's current weights; returns the mask."""
+    logits = model(tiny.x)
+    return opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
+
+
+def assert_moved_along(model, w, g, rho, *, rtol=1e-12, atol=1e-14):
+    """The model's weights are w + rho g / ||g|| (one norm over every parameter)."""
+    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=rtol, atol=atol)
+
+
 def test_one_step_equals_the_formula(tiny):
     rho, lr, lam = 0.3, 0.5, 0.3
     model = tiny.model()
@@ -352,14 +365,9 @@ def test_perturb_from_noisy_is_the_control_with_the_likely_noisy_gradient(tiny):
     model = tiny.model()
     history, clean = believed_history(tiny)
     w = tiny.weights(model)
-    g_noisy = tiny.grad(model, w, subset=~clean)
-    norm = math.sqrt(sum(float((v**2).sum()) for v in g_noisy.values()))
     opt = make(model, history, rho=rho, perturb_from="noisy")
-    logits = model(tiny.x)
-    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
-    assert torch.equal(mask, clean)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), w[name] + rho * g_noisy[name] / norm, rtol=1e-12, atol=1e-14)
+    assert torch.equal(first_step_at(opt, tiny, model), clean)
+    assert_moved_along(model, w, tiny.grad(model, w, subset=~clean), rho)
     opt.second_step(tiny.losses(model))
     with pytest.raises(ValueError, match="perturb_from must be one of clean, noisy, confidence"):
         make(tiny.model(), history, perturb_from="all")
@@ -376,14 +384,10 @@ def test_perturb_from_confidence_weighs_each_sample_by_its_history(tiny):
     expected_history.update(tiny.idx, model(tiny.x).detach(), tiny.y)
     c = expected_history.mean_probs(tiny.idx).double().gather(1, tiny.y[:, None])[:, 0]
     assert c[~clean].max() < 0.5 < c[clean].min()  # the believed-mislabelled samples weigh little
-    g = tiny.grad(model, w, sample_weights=c / c.sum() * len(c))
-    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
-    opt = make(model, history, rho=rho, perturb_from="confidence")
-    logits = model(tiny.x)
-    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
-    assert torch.equal(mask, clean)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=1e-10, atol=1e-12)
+    opt = make(model, history, rho=rho, perturb_from="confidence", min_clean=len(tiny.y) + 1)
+    assert torch.equal(first_step_at(opt, tiny, model), clean)
+    assert not bool(opt.last_fallback)  # no mask, so no fallback to the whole batch, however large min_clean
+    assert_moved_along(model, w, tiny.grad(model, w, sample_weights=c / c.sum() * len(c)), rho, rtol=1e-10, atol=1e-12)
     opt.second_step(tiny.losses(model))
     warm, whole = tiny.model(), tiny.model()
     opt = make(warm, believed_history(tiny)[0], rho=rho, perturb_from="confidence", warmup_epochs=1)
@@ -404,14 +408,9 @@ def test_perturb_weight_mixes_the_other_side_into_the_perturbation(tiny, mu):
     history, clean = believed_history(tiny)
     w = tiny.weights(model)
     a = torch.where(clean, 1.0, torch.tensor(mu, dtype=torch.float64))
-    g = tiny.grad(model, w, sample_weights=a)
-    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
     opt = make(model, history, rho=rho, perturb_weight=mu)
-    logits = model(tiny.x)
-    mask = opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
-    assert torch.equal(mask, clean)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=1e-12, atol=1e-14)
+    assert torch.equal(first_step_at(opt, tiny, model), clean)
+    assert_moved_along(model, w, tiny.grad(model, w, sample_weights=a), rho)
     if mu == 1.0:
         SAM(whole.parameters(), torch.optim.SGD, rho=rho, lr=0.5).first_step(tiny.losses(whole))
         for p, q in zip(model.parameters(), whole.parameters()):
@@ -428,12 +427,8 @@ def test_perturb_balance_weighs_each_side_by_its_mean(tiny):
     w = tiny.weights(model)
     n_clean, n_noisy = clean.sum().double(), (~clean).sum().double()
     a = torch.where(clean, 1.0 / n_clean, mu / n_noisy) * len(clean)
-    g = tiny.grad(model, w, sample_weights=a)
-    norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
     opt = make(model, history, rho=rho, perturb_weight=mu, perturb_balance=True)
-    logits = model(tiny.x)
-    opt.first_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.detach(), w[name] + rho * g[name] / norm, rtol=1e-12, atol=1e-14)
+    first_step_at(opt, tiny, model)
+    assert_moved_along(model, w, tiny.grad(model, w, sample_weights=a), rho)
     with pytest.raises(TypeError, match="perturb_balance must be True or False"):
         make(tiny.model(), history, perturb_weight=mu, perturb_balance="yes")
