@@ -620,7 +620,7 @@ def _setup_line(rows: list[dict[str, Any]]) -> str:
 METHOD_OPTIONS = {
     "sam": ("rho", "sam_warmup"),
     "asam": ("rho", "sam_warmup"),
-    "casam": ("rho", "warmup", "criterion", "history_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "min_clean"),
+    "casam": ("rho", "warmup", "criterion", "history_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "min_clean"),
     "coteaching": ("forget_rate", "num_gradual"),
 }
 

@@ -42,6 +42,7 @@ _USED_BY = {
     "perturb_from": ("optimizer", ("casam",)),
     "perturb_weight": ("optimizer", ("casam",)),
     "perturb_balance": ("optimizer", ("casam",)),
+    "perturb_cutoff": ("optimizer", ("casam",)),
     "log_cosine": ("optimizer", ("casam",)),
     "min_clean": ("optimizer", ("casam",)),
     "forget_rate": ("selection", ("coteaching",)),
@@ -92,6 +93,7 @@ class TrainConfig:
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
     perturb_weight: float = 0.0  # mu: the other side's weight in the perturbation (0: CA-SAM, 1: SAM's direction)
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
+    perturb_cutoff: float | None = None  # with mu: mu 0 if the history's noise estimate after the warm-up is above this
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -167,6 +169,8 @@ class TrainConfig:
             raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
         if not 0 <= self.perturb_weight <= 1:
             raise ConfigError(f"perturb_weight (mu) must be in [0, 1]; got {self.perturb_weight}")
+        if self.perturb_cutoff is not None and (not 0 < self.perturb_cutoff <= 1 or not self.perturb_weight):
+            raise ConfigError(f"perturb_cutoff switches perturb_weight (mu) off under heavy noise: it needs mu > 0 and a value in (0, 1]; got {self.perturb_cutoff}")
         if not 0 <= self.noisy_weight <= 1:
             raise ConfigError(f"noisy_weight (lambda) must be in [0, 1]; got {self.noisy_weight}")
         if self.forget_rate is not None and not 0 <= self.forget_rate < 1:

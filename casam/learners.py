@@ -164,12 +164,16 @@ class SingleLearner:
         self.loss_fn.load_state_dict(state["loss"])
 
     def diagnostics(self) -> dict[str, float]:
-        """With CA-SAM's measure_cosine: the epoch's mean cosine between the clean-subset and the full-batch
+        """CA-SAM with perturb_cutoff: the noise estimate its switch read and the mu in force this epoch.
+        With measure_cosine: the epoch's mean cosine between the clean-subset and the full-batch
         first-pass gradients, and the value of every step (how far the perturbation's direction moved)."""
-        if not self.cosines:
-            return {}
-        steps = torch.stack(self.cosines).float()
-        return {"grad_cosine": steps.mean().item(), "grad_cosine_steps": [round(v, 5) for v in steps.tolist()]}
+        out: dict[str, float] = {}
+        if self.selects and self.optimizer.perturb_cutoff is not None:
+            out.update(noise_estimate=self.optimizer.noise_estimate, perturb_weight=self.optimizer.current_perturb_weight)
+        if self.cosines:
+            steps = torch.stack(self.cosines).float()
+            out.update(grad_cosine=steps.mean().item(), grad_cosine_steps=[round(v, 5) for v in steps.tolist()])
+        return out
 
 
 class CoTeachingLearner:

@@ -37,6 +37,8 @@ def test_saved_config_round_trips(tmp_path):
         ({"tensorboard": "maybe"}, "tensorboard must be true or false"),
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"precision": "fp16", "device": "cpu"}, "fp16 needs a CUDA device"),
+        ({"perturb_cutoff": "0.6"}, "perturb_cutoff switches perturb_weight"),
+        ({"perturb_weight": "0.5", "perturb_cutoff": "1.5"}, "perturb_cutoff switches"),
     ],
 )
 def test_bad_values_are_refused_with_one_sentence(overrides, message):

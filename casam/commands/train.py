@@ -35,6 +35,7 @@ HELP = {
     "noisy_weight": "CA-SAM lambda: weight of likely-noisy samples in the update",
     "perturb_from": "CA-SAM: clean (the method), noisy (a control: perturb from the likely-noisy samples) or confidence (no mask: each sample weighted by its history's probability of its given label)",
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
+    "perturb_cutoff": "CA-SAM with mu: a switch, mu 0 if the history's noise estimate after the warm-up is above this (none: off)",
     "perturb_weight": "CA-SAM mu: weight of the other side's samples in the perturbation (0: CA-SAM, 1: SAM's direction)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",

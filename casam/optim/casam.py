@@ -6,6 +6,7 @@ Per batch B (indices I, given labels y), with `history` a `casam.history.SampleH
     2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs)
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
+       (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise)
     4. g   = grad (1/|B|) sum_{i in B} a_i l_i(w + e),   a_i = 1 if i in C else lambda (`noisy_weight`)
        noisy_target="history": the loss of a sample outside C is taken against its historical prediction
        argmax h_i instead of its given label (ask `targets(y)` for the labels of the second pass)
@@ -91,6 +92,11 @@ class CASAM(SAM):
         perturb_balance: with perturb_weight, weigh the two sides by their means instead of their
             samples, mean_S l + mu mean_O l, so that mu means the same at any noise level (at 80 % noise
             the likely-noisy side is most of the batch and would otherwise outweigh the clean one).
+        perturb_cutoff: a switch for perturb_weight, in (0, 1]: when the warm-up ends, the history's
+            estimate of the noise rate (`history.noise_rate`) is read once (`noise_estimate`); above the
+            cutoff mu is 0 for the rest of the run. mu helps at moderate noise and loses the network at
+            heavy noise (docs/casam-split.md); the estimate is read before memorisation can lower it.
+            2/3 is where per-sample mu 0.5 gives the two sides equal weight.
     """
 
     _WRAPPER = "CASAM"
@@ -113,6 +119,7 @@ class CASAM(SAM):
         perturb_from: str = "clean",
         perturb_weight: float = 0.0,
         perturb_balance: bool = False,
+        perturb_cutoff: float | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -130,6 +137,11 @@ class CASAM(SAM):
             raise TypeError(f"perturb_balance must be True or False, got {perturb_balance!r}")
         if perturb_from == "confidence" and (perturb_weight or perturb_balance):
             raise ValueError("perturb_from='confidence' weighs every sample itself; leave perturb_weight 0 and perturb_balance False")
+        if perturb_cutoff is not None:
+            if isinstance(perturb_cutoff, bool) or not isinstance(perturb_cutoff, numbers.Real) or not 0 < perturb_cutoff <= 1:
+                raise ValueError(f"perturb_cutoff must be a number in (0, 1] or None, got {perturb_cutoff!r}")
+            if not perturb_weight or perturb_from == "confidence":
+                raise ValueError("perturb_cutoff switches perturb_weight off under heavy noise: give it with perturb_weight > 0 (and a mask)")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
@@ -143,6 +155,8 @@ class CASAM(SAM):
         self.perturb_from = perturb_from
         self.perturb_weight = float(perturb_weight)
         self.perturb_balance = perturb_balance
+        self.perturb_cutoff = None if perturb_cutoff is None else float(perturb_cutoff)
+        self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
         self.last_grad_cosine: Tensor | None = None
@@ -155,14 +169,23 @@ class CASAM(SAM):
         super().set_epoch(epoch)
         if self.history.stale:
             self.history.refresh()
+        if self.perturb_cutoff is not None and self.noise_estimate is None and not self.in_warmup:
+            self.noise_estimate = self.history.noise_rate  # None on a history still empty: read next epoch
+
+    @property
+    def current_perturb_weight(self) -> float:
+        """mu as it applies now: perturb_weight, or 0 once perturb_cutoff's switch has found heavy noise."""
+        heavy = None not in (self.perturb_cutoff, self.noise_estimate) and self.noise_estimate > self.perturb_cutoff
+        return 0.0 if heavy else self.perturb_weight
 
     def _wrapper_state(self) -> dict[str, Any]:
-        return {**super()._wrapper_state(), "history": self.history.state_dict()}
+        return {**super()._wrapper_state(), "history": self.history.state_dict(), "noise_estimate": self.noise_estimate}
 
     def _load_wrapper_state(self, wrapper: dict[str, Any] | None) -> None:
         if wrapper is None:
             raise ValueError("state_dict has no CA-SAM part (epoch, history): it was not saved by CASAM.state_dict()")
         self.history.load_state_dict(wrapper["history"])
+        self.noise_estimate = wrapper.get("noise_estimate")
         super()._load_wrapper_state(wrapper)
 
     # ------------------------------------------------------------------ the two steps
@@ -221,11 +244,12 @@ class CASAM(SAM):
             count = distributed.all_reduce_sum(count)
         fallback = count < self.min_clean
         mask = source | fallback
-        if not self.perturb_weight or self.in_warmup:  # that side only
+        mu = self.current_perturb_weight
+        if not mu or self.in_warmup:  # that side only
             return self._global_mean(losses, mask), fallback
         if self.perturb_balance:  # per side: mean_S + mu mean_O
-            return self._global_mean(losses, mask) + self.perturb_weight * self._global_mean(losses, ~mask), fallback
-        return self._global_mean(losses, torch.where(mask, 1.0, self.perturb_weight)), fallback  # per sample (mu 1: the whole batch)
+            return self._global_mean(losses, mask) + mu * self._global_mean(losses, ~mask), fallback
+        return self._global_mean(losses, torch.where(mask, 1.0, mu)), fallback  # per sample (mu 1: the whole batch)
 
     @torch.no_grad()
     def targets(self, labels: Tensor) -> Tensor:

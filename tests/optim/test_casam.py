@@ -432,3 +432,39 @@ def test_perturb_balance_weighs_each_side_by_its_mean(tiny):
     assert_moved_along(model, w, tiny.grad(model, w, sample_weights=a), rho)
     with pytest.raises(TypeError, match="perturb_balance must be True or False"):
         make(tiny.model(), history, perturb_weight=mu, perturb_balance="yes")
+
+
+@pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
+def test_perturb_cutoff_switches_mu_off_when_the_noise_estimate_is_above_it(tiny, cutoff, heavy):
+    """The history believes 5 of 12 labels wrong: estimate 5/12, read once when the warm-up ends. Below the
+    cutoff e is the mu-weighted direction, above it the likely-clean one; later estimates do not count."""
+    rho, mu = 0.3, 0.5
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    opt = make(model, history, rho=rho, perturb_weight=mu, perturb_cutoff=cutoff, warmup_epochs=1)
+    assert opt.noise_estimate is None and opt.current_perturb_weight == mu  # not read during the warm-up
+    opt.set_epoch(1)
+    assert opt.noise_estimate == pytest.approx(5 / 12)
+    assert opt.current_perturb_weight == (0.0 if heavy else mu)
+    a = clean.double() if heavy else torch.where(clean, 1.0, torch.tensor(mu, dtype=torch.float64))
+    first_step_at(opt, tiny, model)
+    assert_moved_along(model, w, tiny.grad(model, w, sample_weights=a), rho)
+    opt.second_step(tiny.losses(model))
+
+    history.update(tiny.idx, 10.0 * F.one_hot(tiny.y, 3).double(), tiny.y)  # the network now agrees with every label
+    opt.set_epoch(2)
+    assert history.noise_rate < 0.1 and opt.noise_estimate == pytest.approx(5 / 12)
+    resumed = make(tiny.model(), SampleHistory(12, 3), perturb_weight=mu, perturb_cutoff=cutoff, warmup_epochs=1)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.noise_estimate == opt.noise_estimate and resumed.current_perturb_weight == opt.current_perturb_weight
+
+
+def test_perturb_cutoff_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    for bad in (0, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match=r"perturb_cutoff must be a number in \(0, 1\]"):
+            make(tiny.model(), history, perturb_weight=0.5, perturb_cutoff=bad)
+    for kw in ({}, {"perturb_from": "confidence"}):
+        with pytest.raises(ValueError, match="give it with perturb_weight > 0"):
+            make(tiny.model(), history, perturb_cutoff=0.5, **kw)
