@@ -283,7 +283,9 @@ def test_sigterm_stops_the_workers_and_keeps_their_checkpoints(tmp_path):
     )
     metrics = [run_dir(out, f"symmetric:0.2/{m}/seed0") / "metrics.jsonl" for m in TINY["methods"]]
     deadline = time.time() + 120
-    while not all(p.is_file() and p.read_text().count("\n") >= 1 for p in metrics):
+    # an epoch's metrics line is written just before its checkpoint: wait for both, or a loaded machine
+    # can deliver the signal in between
+    while not all(p.is_file() and p.read_text().count("\n") >= 1 and (p.parent / "checkpoint.pt").is_file() for p in metrics):
         assert time.time() < deadline and bench_process.poll() is None, "the runs did not start"
         time.sleep(0.2)
     workers = [pid for pid in _children(bench_process.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
