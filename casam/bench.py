@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from casam.config import OPTIMIZERS, ConfigError, TrainConfig, load_yaml
+from casam.config import OPTIMIZERS, ConfigError, TrainConfig, load_run_config, load_yaml
 
 __all__ = [
     "GridError",
@@ -283,7 +283,7 @@ def check_run_folders(runs: list[Run]) -> None:
         if not saved_path.is_file():
             continue
         try:
-            saved = TrainConfig.from_dict(load_yaml(saved_path), source=str(saved_path)).to_dict()
+            saved = TrainConfig.from_dict(load_run_config(saved_path), source=str(saved_path)).to_dict()
         except ConfigError as error:
             raise GridError(f"{run.run_dir} holds an unreadable config.yaml ({error}); delete that folder to re-run it") from None
         wanted = run.config.to_dict()
@@ -502,7 +502,7 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
             continue
         try:
             parse_method(run_dir.parent.name)
-            config = load_yaml(run_dir / "config.yaml")
+            config = load_run_config(run_dir / "config.yaml")
             summary = json.loads((run_dir / "summary.json").read_text())
         except (GridError, ConfigError, json.JSONDecodeError, OSError):
             unfinished.append(run_dir)

@@ -91,9 +91,9 @@ class TrainConfig:
     noisy_weight: float = 1.0
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
-    perturb_weight: float = 0.0  # mu: the other side's weight in the perturbation (0: CA-SAM, 1: SAM's direction)
+    perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's CA-SAM, 1: SAM's direction)
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
-    perturb_cutoff: float | None = None  # with mu: mu 0 if the history's noise estimate after the warm-up is above this
+    perturb_cutoff: float | None = 0.6667  # mu 0 instead if the history's noise estimate after the warm-up is above this (round 9)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -169,8 +169,10 @@ class TrainConfig:
             raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
         if not 0 <= self.perturb_weight <= 1:
             raise ConfigError(f"perturb_weight (mu) must be in [0, 1]; got {self.perturb_weight}")
-        if self.perturb_cutoff is not None and (not 0 < self.perturb_cutoff <= 1 or not self.perturb_weight):
-            raise ConfigError(f"perturb_cutoff switches perturb_weight (mu) off under heavy noise: it needs mu > 0 and a value in (0, 1]; got {self.perturb_cutoff}")
+        if self.perturb_cutoff is not None and not 0 < self.perturb_cutoff <= 1:
+            raise ConfigError(f"perturb_cutoff (the noise estimate above which mu is 0) must be in (0, 1] or none; got {self.perturb_cutoff}")
+        if self.perturb_from == "confidence" and self.perturb_weight:
+            raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if not 0 <= self.noisy_weight <= 1:
             raise ConfigError(f"noisy_weight (lambda) must be in [0, 1]; got {self.noisy_weight}")
         if self.forget_rate is not None and not 0 <= self.forget_rate < 1:
@@ -302,21 +304,35 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Options a run's config.yaml may lack because the run was saved before they existed, with the value
+# such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
+# of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None}
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """A run folder's config.yaml as the run was made (see BEFORE_THEY_EXISTED), for resuming and comparing it."""
+    return {**BEFORE_THEY_EXISTED, **load_yaml(path)}
+
+
 def save_yaml(config: TrainConfig, path: str | Path) -> None:
     import yaml
 
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-def resolve(*, yaml_path: str | None = None, overrides: dict[str, Any] | None = None, strict: bool = False) -> TrainConfig:
+def resolve(
+    *, yaml_path: str | None = None, overrides: dict[str, Any] | None = None, strict: bool = False, run_file: bool = False
+) -> TrainConfig:
     """defaults < YAML file < command-line overrides, then validated.
 
     strict: also refuse options given on the command line that the chosen method does not use
     (a resolved config.yaml lists every option, so files are not checked this way).
+    run_file: the YAML file is a run's own config.yaml (--resume), read by `load_run_config`.
     """
     values: dict[str, Any] = {}
     if yaml_path is not None:
-        values.update(load_yaml(yaml_path))
+        values.update(load_run_config(yaml_path) if run_file else load_yaml(yaml_path))
     config = TrainConfig.from_dict(values, source=str(yaml_path) if yaml_path else "config")
     for key, value in (overrides or {}).items():
         setattr(config, key, coerce(value, key, name=key, source="command line"))

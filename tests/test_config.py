@@ -37,8 +37,9 @@ def test_saved_config_round_trips(tmp_path):
         ({"tensorboard": "maybe"}, "tensorboard must be true or false"),
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"precision": "fp16", "device": "cpu"}, "fp16 needs a CUDA device"),
-        ({"perturb_cutoff": "0.6"}, "perturb_cutoff switches perturb_weight"),
-        ({"perturb_weight": "0.5", "perturb_cutoff": "1.5"}, "perturb_cutoff switches"),
+        ({"perturb_cutoff": "0"}, "must be in (0, 1] or none"),
+        ({"perturb_weight": "0.5", "perturb_cutoff": "1.5"}, "must be in (0, 1] or none"),
+        ({"perturb_from": "confidence"}, "takes no perturb_weight"),
     ],
 )
 def test_bad_values_are_refused_with_one_sentence(overrides, message):
@@ -60,3 +61,19 @@ def test_yaml_errors(tmp_path):
         (tmp_path / "c.yaml").write_text("- 1\n- 2\n")
         resolve(yaml_path=str(tmp_path / "c.yaml"))
     assert TrainConfig().epochs == 40
+
+
+def test_a_run_saved_before_an_option_existed_is_read_as_it_ran(tmp_path):
+    """A run's config.yaml from before CA-SAM's mu and cutoff existed ran with mu 0: resuming or comparing
+    it must not pick up today's defaults (0.5, 0.6667), while a user's --config file does."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    save_yaml(TrainConfig(optimizer="casam"), path)
+    old = yaml.safe_load(path.read_text())
+    del old["perturb_weight"], old["perturb_cutoff"]
+    path.write_text(yaml.safe_dump(old))
+    as_run = resolve(yaml_path=str(path), run_file=True)
+    assert (as_run.perturb_weight, as_run.perturb_cutoff) == (0.0, None)
+    as_user_file = resolve(yaml_path=str(path))
+    assert (as_user_file.perturb_weight, as_user_file.perturb_cutoff) == (TrainConfig().perturb_weight, TrainConfig().perturb_cutoff) == (0.5, 0.6667)

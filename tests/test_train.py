@@ -182,8 +182,9 @@ def test_val_size_holds_out_noisy_images_outside_the_subset():
 
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
 def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, noise, heavy):
-    """--perturb-cutoff reads the history's noise estimate once, after the warm-up, and logs it: below the
-    cutoff the run is the --perturb-weight run, above it the mu 0 run, metric for metric."""
+    """The default switch (mu 0.5, --perturb-cutoff 0.6667) reads the history's noise estimate once, after
+    the warm-up, and logs it: below the cutoff the run is the fixed mu 0.5 run, above it the mu 0 run
+    (the paper's CA-SAM), metric for metric."""
     def run(name, *extra):
         out = tmp_path / name
         assert main([
@@ -192,11 +193,11 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
         ]) == 0
         return rows(out)
 
-    switched = run("switch", "--perturb-weight", "0.5", "--perturb-cutoff", "0.6667")
+    switched = run("defaults")
     assert all(r["noise_estimate"] is None and r["perturb_weight"] == 0.5 for r in switched[:2])  # warm-up: not read yet
     estimate = switched[2]["noise_estimate"]
     assert (estimate > 0.6667) is heavy and all(r["noise_estimate"] == estimate for r in switched[2:])
     assert all(r["perturb_weight"] == (0.0 if heavy else 0.5) for r in switched[2:])
-    same = run("same", *(() if heavy else ("--perturb-weight", "0.5")))
+    same = run("fixed", "--perturb-cutoff", "none", "--perturb-weight", "0" if heavy else "0.5")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("noise_estimate", "perturb_weight")} for r in rs]  # noqa: E731
     assert strip(switched) == same

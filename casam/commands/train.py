@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
             config_path = Path(args.resume) / "config.yaml"
             if not config_path.is_file():
                 raise RunDirError(f"cannot resume: {config_path} is missing, so {args.resume} holds no casam run")
-            config = resolve(yaml_path=str(config_path), overrides={**overrides, "out": args.resume})
+            config = resolve(yaml_path=str(config_path), overrides={**overrides, "out": args.resume}, run_file=True)
             train(config, resume=True)
         else:
             config = resolve(yaml_path=args.config, overrides=overrides, strict=True)

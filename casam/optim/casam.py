@@ -96,7 +96,8 @@ class CASAM(SAM):
             estimate of the noise rate (`history.noise_rate`) is read once (`noise_estimate`); above the
             cutoff mu is 0 for the rest of the run. mu helps at moderate noise and loses the network at
             heavy noise (docs/casam-split.md); the estimate is read before memorisation can lower it.
-            2/3 is where per-sample mu 0.5 gives the two sides equal weight.
+            2/3 is where per-sample mu 0.5 gives the two sides equal weight. With mu 0 (or soft weights)
+            there is nothing to switch: the estimate is still read and reported.
     """
 
     _WRAPPER = "CASAM"
@@ -140,8 +141,6 @@ class CASAM(SAM):
         if perturb_cutoff is not None:
             if isinstance(perturb_cutoff, bool) or not isinstance(perturb_cutoff, numbers.Real) or not 0 < perturb_cutoff <= 1:
                 raise ValueError(f"perturb_cutoff must be a number in (0, 1] or None, got {perturb_cutoff!r}")
-            if not perturb_weight or perturb_from == "confidence":
-                raise ValueError("perturb_cutoff switches perturb_weight off under heavy noise: give it with perturb_weight > 0 (and a mask)")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(

@@ -465,6 +465,17 @@ def test_perturb_cutoff_bad_input(tiny):
     for bad in (0, 1.5, True, "0.5"):
         with pytest.raises(ValueError, match=r"perturb_cutoff must be a number in \(0, 1\]"):
             make(tiny.model(), history, perturb_weight=0.5, perturb_cutoff=bad)
-    for kw in ({}, {"perturb_from": "confidence"}):
-        with pytest.raises(ValueError, match="give it with perturb_weight > 0"):
-            make(tiny.model(), history, perturb_cutoff=0.5, **kw)
+
+
+def test_perturb_cutoff_with_mu_0_reads_the_estimate_and_changes_nothing(tiny):
+    """mu 0 leaves the cutoff nothing to switch (so `--perturb-weight 0` alone gives the paper's CA-SAM
+    under the command line's defaults): the direction is the likely-clean one on either side of it."""
+    rho = 0.3
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    opt = make(model, history, rho=rho, perturb_cutoff=0.9, warmup_epochs=1)
+    opt.set_epoch(1)
+    assert opt.noise_estimate == pytest.approx(5 / 12) and opt.current_perturb_weight == 0.0
+    first_step_at(opt, tiny, model)
+    assert_moved_along(model, w, tiny.grad(model, w, sample_weights=clean.double()), rho)
