@@ -247,7 +247,10 @@ def test_torchrun_train_writes_one_set_of_outputs_and_resumes(tmp_path):
         for key in a:  # per-class scores are lists: compare element by element
             expected = b[key] if isinstance(b[key], list) else [b[key]]
             got = a[key] if isinstance(a[key], list) else [a[key]]
-            assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), key
+            if None in expected:  # CA-SAM's noise estimate before the warm-up has ended
+                assert got == expected, key
+            else:
+                assert got == pytest.approx(expected, rel=1e-9, abs=1e-12), key
 
     # a different number of processes is refused in one sentence
     refused = subprocess.run([sys.executable, "-m", "casam", "train", "--resume", str(cut)], capture_output=True, text=True,
