@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from casam.bench import CSV_COLUMNS, GridError, default_workers, expand_grid, load_grid, parse_method
+from casam.bench import CSV_COLUMNS, GridError, check_run_folders, default_workers, expand_grid, load_grid, parse_method
 from casam.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,10 +326,6 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     ]
     # and the paper's CA-SAM (the defaults before round 9) beside CA-SAM's and CA-SAM+ELR's defaults
     assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+elr@mu0"]
-    for run in runs:
-        if run.config.optimizer == "casam":
-            mu0 = run.method.endswith("@mu0")
-            assert (run.config.perturb_weight, run.config.perturb_cutoff) == ((0.0, None) if mu0 else (0.5, 0.6667))
     for run in runs:  # the same budget for every method
         c = run.config
         assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
@@ -337,6 +333,8 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
         )
         if c.optimizer != "sgd":  # each SAM-family method at its published radius (ASAM's is relative to |w|)
             assert c.rho == (0.5 if c.optimizer == "asam" else 0.05)
+        if c.optimizer == "casam":  # the defaults' switch, or mu 0 for the paper's CA-SAM
+            assert (c.perturb_weight, c.perturb_cutoff) == ((0.0, None) if run.method.endswith("@mu0") else (0.5, 0.6667))
     quick = expand_grid(grid, out=tmp_path, quick=True)
     assert len(quick) == 6 * 11 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
@@ -368,8 +366,6 @@ def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as
     they were run: a changed default would otherwise make `casam bench` refuse (or mix) the published
     table. The grids pin the old values where a default moved (CA-SAM's mu and cutoff, round 9)."""
-    from casam.bench import check_run_folders
-
     runs = expand_grid(load_grid(REPO / "benchmarks" / grid), out=REPO / "docs" / out)
     published = [r for r in runs if (r.run_dir / "config.yaml").is_file()]
     assert len(published) >= 10  # the folders are there to compare with
