@@ -88,7 +88,7 @@ class TrainConfig:
     warmup_rho: float | None = 0.0  # CA-SAM's radius during warm-up; None: rho; 0: plain SGD steps (docs/casam-split.md)
     criterion: str = "agreement"
     history_beta: float = 0.9
-    noisy_weight: float = 1.0
+    noisy_weight: float = 0.5  # lambda: the likely-noisy samples' weight in the update (1: the paper's; round 10)
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
     perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's CA-SAM, 1: SAM's direction)

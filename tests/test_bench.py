@@ -319,13 +319,13 @@ def test_method_names_and_only_patterns(tmp_path):
 def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     grid = load_grid(GRID)
     runs = expand_grid(grid, out=tmp_path)
-    assert len(runs) == 6 * 11 * 3
+    assert len(runs) == 6 * 13 * 3
     assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
     assert [m for m in grid.methods if "@" not in m] == [
         "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr",
     ]
-    # and the paper's CA-SAM (the defaults before round 9) beside CA-SAM's and CA-SAM+ELR's defaults
-    assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+elr@mu0"]
+    # and the paper's CA-SAM (the defaults before round 9) and round 9's beside CA-SAM's and CA-SAM+ELR's defaults
+    assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda1"]
     for run in runs:  # the same budget for every method
         c = run.config
         assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
@@ -333,10 +333,11 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
         )
         if c.optimizer != "sgd":  # each SAM-family method at its published radius (ASAM's is relative to |w|)
             assert c.rho == (0.5 if c.optimizer == "asam" else 0.05)
-        if c.optimizer == "casam":  # the defaults' switch, or mu 0 for the paper's CA-SAM
-            assert (c.perturb_weight, c.perturb_cutoff) == ((0.0, None) if run.method.endswith("@mu0") else (0.5, 0.6667))
+        if c.optimizer == "casam":  # the defaults' switch and lambda 0.5; mu 0 and lambda 1 for the paper's CA-SAM
+            expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0)}.get(run.method.partition("@")[2], (0.5, 0.6667, 0.5))
+            assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
     quick = expand_grid(grid, out=tmp_path, quick=True)
-    assert len(quick) == 6 * 11 and {r.seed for r in quick} == {0}
+    assert len(quick) == 6 * 13 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
 
 
@@ -349,7 +350,7 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
     assert [r["method"] for r in rows] == methods
     assert all(r["noise"] == "symmetric:0.5" and r["seed"] == "0" and 0 <= float(r["last_acc"]) <= 1 for r in rows)
     selects = {r["method"] for r in rows if r["sel_precision"]}
-    assert selects == {"casam+ce", "casam+ce@mu0", "sgd+ce+coteaching", "casam+elr", "casam+elr@mu0"}
+    assert selects == {m for m in methods if m.startswith("casam")} | {"sgd+ce+coteaching"}
     text = (out / "table.md").read_text()
     headline = text.split("## Headline")[1].split("\n## ")[0]
     body = [line for line in headline.splitlines() if line.startswith("| ") and not line.startswith(("| method", "| ---"))]
