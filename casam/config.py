@@ -91,7 +91,7 @@ class TrainConfig:
     noisy_weight: float = 0.5  # lambda: the likely-noisy samples' weight in the update (1: the paper's; round 10)
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
-    perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's CA-SAM, 1: SAM's direction)
+    perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's perturbation, 1: SAM's direction)
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
     perturb_cutoff: float | None = 0.6667  # mu 0 instead if the history's noise estimate after the warm-up is above this (round 9)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)

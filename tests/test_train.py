@@ -184,7 +184,7 @@ def test_val_size_holds_out_noisy_images_outside_the_subset():
 def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, noise, heavy):
     """The default switch (mu 0.5, --perturb-cutoff 0.6667) reads the history's noise estimate once, after
     the warm-up, and logs it: below the cutoff the run is the fixed mu 0.5 run, above it the mu 0 run
-    (the paper's CA-SAM), metric for metric."""
+    (the paper's perturbation), metric for metric."""
     def run(name, *extra):
         out = tmp_path / name
         assert main([

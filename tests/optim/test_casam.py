@@ -468,7 +468,7 @@ def test_perturb_cutoff_bad_input(tiny):
 
 
 def test_perturb_cutoff_with_mu_0_reads_the_estimate_and_changes_nothing(tiny):
-    """mu 0 leaves the cutoff nothing to switch (so `--perturb-weight 0` alone gives the paper's CA-SAM
+    """mu 0 leaves the cutoff nothing to switch (so `--perturb-weight 0` alone gives the paper's perturbation
     under the command line's defaults): the direction is the likely-clean one on either side of it."""
     rho = 0.3
     model = tiny.model()
