@@ -87,7 +87,8 @@ METHOD_ORDER = (
 BASELINE = "sgd+ce"  # the time ratio's denominator
 CSV_COLUMNS = (
     "dataset", "noise", "method", "seed", "epochs", "last_acc", "best_acc", "sel_precision", "sel_recall",
-    "memorization", "sec_per_epoch", "best_epoch", "model", "train_subset", "val_acc", "min_sel_precision", "run",
+    "memorization", "sec_per_epoch", "best_epoch", "model", "train_subset", "val_acc", "min_sel_precision",
+    "val_pick_acc", "run",
 )  # fmt: skip
 _TAG = re.compile(r"^[A-Za-z0-9._=-]+$")
 
@@ -529,8 +530,9 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
 
 
 def _from_epochs(path: Path) -> dict[str, float | None]:
-    """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction or val_size) and the
-    lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
+    """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction or val_size),
+    the test accuracy of the epoch with the best held-out accuracy (early stopping without a clean label), and
+    the lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
     that decays over training is judged by."""
     from casam.train import read_metrics
 
@@ -540,8 +542,14 @@ def _from_epochs(path: Path) -> dict[str, float | None]:
         return isinstance(v, (int, float)) and math.isfinite(v)
 
     val = epochs[-1].get("val_acc") if epochs else None
+    scored = [e for e in epochs if finite(e.get("val_acc"))]
+    pick = max(scored, key=lambda e: e["val_acc"])["test_acc"] if scored else None  # the first best, as train's summary
     split = [e["sel_precision"] for e in epochs if finite(e.get("sel_precision")) and e.get("selected_fraction", 1) < 1]
-    return {"val_acc": float(val) if finite(val) else None, "min_sel_precision": min(split) if split else None}
+    return {
+        "val_acc": float(val) if finite(val) else None,
+        "val_pick_acc": float(pick) if finite(pick) else None,
+        "min_sel_precision": min(split) if split else None,
+    }
 
 
 def _noise_key(noise: str) -> tuple:
@@ -664,6 +672,12 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
         "training samples predicted as their wrong label in the last epoch. *s/epoch*: training time per",
         f"epoch, runs sharing the machine; *× {BASELINE}*: its ratio to {BASELINE} in the same setting.",
     ]
+    if any(r.get("val_acc") is not None for r in rows):
+        lines += [
+            "*Held-out noisy acc*: the last epoch's accuracy on held-out noisy training data against its given",
+            "labels; *at held-out pick*: test accuracy at the epoch where that was highest (early stopping",
+            "without a clean label).",
+        ]
     if unfinished:
         lines += ["", f"{unfinished} unfinished run(s) are not included."]
     lines += ["", "| method | its own settings |", "| --- | --- |"]
@@ -681,7 +695,7 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", f"## Every noise setting and method{title}", ""]
         with_val = any(r.get("val_acc") is not None for r in rows if r["dataset"] == dataset)
-        val_head, val_rule = (" held-out noisy acc |", " ---: |") if with_val else ("", "")
+        val_head, val_rule = (" held-out noisy acc | at held-out pick |", " ---: | ---: |") if with_val else ("", "")
         lines.append(
             f"| noise | method | seeds | last acc | best acc |{val_head} sel. precision | lowest | sel. recall | memorisation | s/epoch | × {BASELINE} |"
         )
@@ -697,7 +711,7 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
                 cells = [
                     noise, method, str(len(group)),
                     _pct([r["last_acc"] for r in group]), _pct([r["best_acc"] for r in group]),
-                    *([_pct([r.get("val_acc") for r in group])] if with_val else []),
+                    *([_pct([r.get("val_acc") for r in group]), _pct([r.get("val_pick_acc") for r in group])] if with_val else []),
                     _pct([r["sel_precision"] for r in group]), _pct([r.get("min_sel_precision") for r in group]),
                     _pct([r["sel_recall"] for r in group]),
                     _pct([r["memorization"] for r in group]), "–" if sec is None else f"{sec:.2f}", ratio,

@@ -41,7 +41,11 @@ from casam.models import build_model
 from casam.noise import parse_noise
 from casam.optim import ASAM, CASAM, SAM
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "suspects.csv", checkpoint.CURRENT, checkpoint.PREVIOUS)
+# the network at the epoch of best held-out noisy accuracy (runs with --val-fraction / --val-size)
+BEST_MODEL = "best_model.pt"
+RUN_FILES = (
+    "config.yaml", "metrics.jsonl", "summary.json", "suspects.csv", checkpoint.CURRENT, checkpoint.PREVIOUS, BEST_MODEL,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -278,6 +282,9 @@ def summarize(rows: list[dict[str, Any]], total_time: float) -> dict[str, Any]:
     for key in ("sel_precision", "sel_recall", "sel_f1", "selected_fraction", "memorization"):
         if key in last:
             summary[key] = last[key]
+    if "val_acc" in last:  # early stopping without clean labels: the epoch the held-out noisy data picks
+        chosen = max(rows, key=lambda r: r["val_acc"])
+        summary.update(val_best_epoch=chosen["epoch"], val_best_acc=chosen["val_acc"], val_best_test_acc=chosen["test_acc"])
     return summary
 
 
@@ -290,6 +297,11 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
         f"casam train: {method} on {config.dataset} ({config.noise}), {summary['epochs']} epochs, seed {config.seed}",
         f"  test accuracy   last {pct(summary['last_acc'])}   best {pct(summary['best_acc'])} (epoch {summary['best_epoch']})",
     ]
+    if "val_best_epoch" in summary:
+        lines.append(
+            f"  held-out noisy  best {pct(summary['val_best_acc'])} at epoch {summary['val_best_epoch']}: "
+            f"test accuracy there {pct(summary['val_best_test_acc'])} ({BEST_MODEL})"
+        )
     if "sel_precision" in summary:
         lines.append(
             f"  likely-clean    precision {pct(summary['sel_precision'])}   recall {pct(summary['sel_recall'])}"
@@ -307,13 +319,23 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
     return "\n".join(lines)
 
 
+def save_best_model(path: Path, model: torch.nn.Module, *, epoch: int, val_acc: float, config: TrainConfig) -> None:
+    """Keep the network of the best held-out epoch: with noisy labels the last epoch has often memorised
+    more, and accuracy on held-out noisy labels picks epochs close to the best clean ones (docs/training.md)
+    without needing any clean label.
+    Load with `model.load_state_dict(torch.load(path)["model"])` on `build_model(config["model"], ...)`."""
+    state = {"epoch": epoch, "val_acc": val_acc, "model": model.state_dict(), "config": config.to_dict()}
+    checkpoint.atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
 @torch.inference_mode()
 def find_suspects(learner, train_set: NoisyDataset, *, batch_size: int, autocast) -> dict[str, torch.Tensor]:
     """Which training samples look mislabelled, after training.
 
     With CA-SAM the verdict is its history's: a sample outside the likely-clean set is a suspect, and
     its suggested label is the argmax of its averaged outputs. Other methods have no history, so one
-    pass of the final network over the (unaugmented) training set decides: a suspect is a sample it
+    pass of the learner's network over the (unaugmented) training set decides (the caller loads the
+    held-out pick into it: the last epoch's has fitted more wrong labels): a suspect is a sample it
     predicts as another class. Returns (N,) tensors: suspect (bool), suggested label, p(given label).
     """
     optimizer = getattr(learner, "optimizer", None)
@@ -425,6 +447,10 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
         start_epoch, elapsed = state["epoch"], state["elapsed_s"]
         log(f"casam: resuming {run_dir} after epoch {start_epoch} ({path.name})")
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= start_epoch]
+    best_val, best_weights = -1.0, None  # the held-out pick so far (every rank scores the whole held-out part)
+    if resume and (run_dir / BEST_MODEL).is_file():
+        saved = torch.load(run_dir / BEST_MODEL, map_location=device)
+        best_val, best_weights = saved["val_acc"], saved["model"]
     writer = open_tensorboard(config, run_dir) if main else None
 
     for epoch in range(start_epoch, config.epochs):
@@ -474,6 +500,11 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
         )
         elapsed += time.perf_counter() - t0
         rows.append(row)
+        if row.get("val_acc", -1.0) > best_val:
+            best_val = row["val_acc"]
+            best_weights = {k: v.detach().clone() for k, v in learner.eval_model.state_dict().items()}
+            if main:  # before the checkpoint: a run resumed from it never misses its best epoch
+                save_best_model(run_dir / BEST_MODEL, learner.eval_model, epoch=epoch + 1, val_acc=best_val, config=config)
         if main:  # the one writer: metrics, checkpoint, tensorboard, console
             write_metrics(run_dir / "metrics.jsonl", rows)
             checkpoint.save(
@@ -499,6 +530,8 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
                 log(f"epoch {epoch + 1:3d}/{config.epochs}: {shown}, {epoch_time:.1f} s")
 
     summary = summarize(rows, elapsed)
+    if best_weights is not None and not isinstance(getattr(learner, "optimizer", None), CASAM):
+        learner.eval_model.load_state_dict(best_weights)  # suspects from the held-out pick, not the memorised end
     found = find_suspects(learner, train_set, batch_size=config.eval_batch_size, autocast=precision.autocast)
     if main:
         summary.update(write_suspects(run_dir / "suspects.csv", found, train_set))

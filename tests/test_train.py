@@ -201,3 +201,83 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
     same = run("fixed", "--perturb-cutoff", "none", "--perturb-weight", "0" if heavy else "0.5")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("noise_estimate", "perturb_weight")} for r in rs]  # noqa: E731
     assert strip(switched) == same
+
+
+def test_held_out_best_epoch_is_reported_and_its_network_kept(tmp_path, capsys):
+    """With held-out noisy data the summary names the epoch it picks (no clean label needed) and
+    best_model.pt holds that epoch's network: reloaded, it scores the held-out part as logged."""
+    from casam.bench import _from_epochs
+    from casam.data import BatchLoader
+    from casam.metrics import eval_scores, eval_sums
+    from casam.models import build_model
+    from casam.train import BEST_MODEL, load_data, split_validation
+
+    out = tmp_path / "run"
+    code = main([
+        "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--optimizer", "sgd",
+        "--epochs", "20", "--lr", "0.5", "--noise", "symmetric:0.4", "--val-fraction", "0.3",
+        "--out", str(out), "--progress", "false", "--tensorboard", "false",
+    ])
+    assert code == 0
+    history = rows(out)
+    val = [r["val_acc"] for r in history]
+    chosen = history[val.index(max(val))]  # the first epoch with the highest held-out accuracy
+    # plain SGD at a high rate memorises the noisy labels: the held-out pick is early and beats the last epoch
+    assert chosen["epoch"] < 20 and chosen["test_acc"] > history[-1]["test_acc"] + 0.03
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_best_epoch"] == chosen["epoch"] and summary["val_best_test_acc"] == chosen["test_acc"]
+    assert f"at epoch {chosen['epoch']}: test accuracy there" in capsys.readouterr().out
+    assert _from_epochs(out / "metrics.jsonl")["val_pick_acc"] == chosen["test_acc"]  # casam bench's column agrees
+    # SGD has no history: its suspects come from the picked network, which finds more mislabelled samples
+    # than the last one could (that one predicts `memorization` of them as their wrong label)
+    assert summary["suspects_recall"] > 1 - history[-1]["memorization"] + 0.2
+
+    saved = torch.load(out / BEST_MODEL)
+    assert saved["epoch"] == chosen["epoch"] and saved["val_acc"] == chosen["val_acc"]
+    config = resolve(yaml_path=str(out / "config.yaml"))
+    held_out = split_validation(config, load_data(config)[0])[1]
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=tuple(held_out.images.shape[-2:]))
+    model.load_state_dict(saved["model"])
+    model.eval()
+    scores = eval_scores(eval_sums(model, BatchLoader(held_out, batch_size=256, shuffle=False)))
+    assert scores["test_acc"] == pytest.approx(chosen["val_acc"], abs=1e-6)
+
+
+def test_a_resumed_run_keeps_its_held_out_pick(tmp_path, monkeypatch):
+    """Killed after its held-out pick, a run resumes with the picked network in hand: the same
+    best_model.pt, summary and suspects as the uninterrupted run."""
+    from casam import learners
+    from casam.train import BEST_MODEL
+
+    args = [
+        "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--optimizer", "sgd",
+        "--epochs", "12", "--lr", "0.5", "--noise", "symmetric:0.4", "--val-fraction", "0.3",
+        "--progress", "false", "--tensorboard", "false",
+    ]
+    assert main(args + ["--out", str(tmp_path / "whole")]) == 0
+    real_step, calls = learners.SingleLearner.step, {"n": 0}
+    steps_per_epoch = -(-700 // 128)
+
+    def step(self, x, y, idx):
+        calls["n"] += 1
+        if calls["n"] > 8 * steps_per_epoch:  # dies in epoch 9, after the pick (epoch 4 in the whole run)
+            raise KeyboardInterrupt
+        return real_step(self, x, y, idx)
+
+    monkeypatch.setattr(learners.SingleLearner, "step", step)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        main(args + ["--out", str(cut)])
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(cut)]) == 0
+
+    whole = tmp_path / "whole"
+    assert rows(cut) == rows(whole)
+    assert json.loads((whole / "summary.json").read_text())["val_best_epoch"] < 9
+    def untimed(run):
+        return {k: v for k, v in json.loads((run / "summary.json").read_text()).items() if not k.endswith(("time_s", "per_epoch"))}
+
+    assert untimed(cut) == untimed(whole)
+    assert (cut / "suspects.csv").read_text() == (whole / "suspects.csv").read_text()
+    a, b = torch.load(cut / BEST_MODEL), torch.load(whole / BEST_MODEL)
+    assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
