@@ -865,10 +865,12 @@ def write_report(
 
 GITIGNORE = """\
 # written by casam bench: per-epoch curves (metrics.jsonl), summaries and configs are worth committing;
-# checkpoints (megabytes per run) are only needed to resume an unfinished run.
+# checkpoints and the held-out pick's network (megabytes per run) are only needed to resume or to reuse a run.
 !runs/
 runs/**/checkpoint*.pt
 runs/**/.checkpoint*
+runs/**/best_model.pt
+runs/**/.best_model.pt*
 runs/**/tensorboard/
 .bench.lock
 """
