@@ -27,6 +27,17 @@ AUGMENTS = ("auto", "none", "crop_flip")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+# a robust loss's own settings: config field -> (loss, keyword of casam.losses.build_loss)
+LOSS_OPTIONS = {
+    "gce_q": ("gce", "q"),
+    "sce_alpha": ("sce", "alpha"),
+    "sce_beta": ("sce", "beta"),
+    "apl_alpha": ("apl", "alpha"),
+    "apl_beta": ("apl", "beta"),
+    "elr_lambda": ("elr", "lam"),
+    "elr_beta": ("elr", "beta"),
+}
+
 # option -> (the option that decides whether it applies, the values for which it does)
 _USED_BY = {
     "rho": ("optimizer", ("sam", "asam", "casam")),
@@ -47,6 +58,13 @@ _USED_BY = {
     "min_clean": ("optimizer", ("casam",)),
     "forget_rate": ("selection", ("coteaching",)),
     "num_gradual": ("selection", ("coteaching",)),
+    "gce_q": ("loss", ("gce",)),
+    "sce_alpha": ("loss", ("sce",)),
+    "sce_beta": ("loss", ("sce",)),
+    "apl_alpha": ("loss", ("apl",)),
+    "apl_beta": ("loss", ("apl",)),
+    "elr_lambda": ("loss", ("elr",)),
+    "elr_beta": ("loss", ("elr",)),
     "momentum": ("base_optimizer", ("sgd",)),
     "milestones": ("schedule", ("step",)),
     "gamma": ("schedule", ("step",)),
@@ -69,6 +87,14 @@ class TrainConfig:
     optimizer: str = "casam"
     base_optimizer: str = "sgd"
     loss: str = "ce"
+    # the losses' own settings; None: the published value (CIFAR-100's on cifar100, CIFAR-10's elsewhere)
+    gce_q: float | None = None
+    sce_alpha: float | None = None
+    sce_beta: float | None = None
+    apl_alpha: float | None = None
+    apl_beta: float | None = None
+    elr_lambda: float | None = None
+    elr_beta: float | None = None
     selection: str = "none"
     # optimisation
     epochs: int = 40
@@ -188,6 +214,16 @@ class TrainConfig:
                 "sam_sync false with precision fp16 is refused: a rank whose local first-pass gradient overflows "
                 "would skip its step while the others take theirs; use bf16 or sam_sync true"
             )
+        try:  # the loss's own checks, on the values it would be built with
+            from casam.losses import build_loss
+
+            build_loss(self.loss, num_samples=1, num_classes=2, preset=self.loss_preset(), **self.loss_options())
+        except ValueError as error:
+            message = str(error)
+            for name, (loss, keyword) in LOSS_OPTIONS.items():  # name the option as the user wrote it
+                if loss == self.loss and message.startswith(f"{keyword} "):
+                    message = name + message[len(keyword):]
+            raise ConfigError(message.rstrip(".")) from None
         if self.selection == "coteaching" and self.optimizer == "casam":
             raise ConfigError(
                 "optimizer casam with selection coteaching is refused: Co-teaching already picks each network's "
@@ -195,6 +231,18 @@ class TrainConfig:
                 "use --optimizer sam (or asam) with --selection coteaching"
             )
         return self
+
+    def loss_preset(self) -> str:
+        """Whose published loss settings apply: CIFAR-100's for CIFAR-100, CIFAR-10's (the papers' defaults) otherwise."""
+        return "cifar100" if self.dataset == "cifar100" else "cifar10"
+
+    def loss_options(self) -> dict[str, float]:
+        """The chosen loss's settings given explicitly, as keywords of `casam.losses.build_loss`."""
+        return {
+            keyword: getattr(self, name)
+            for name, (loss, keyword) in LOSS_OPTIONS.items()
+            if loss == self.loss and getattr(self, name) is not None
+        }
 
     def relevant(self, name: str) -> bool:
         """Whether option `name` means anything for this configuration's method (rho does not for sgd)."""

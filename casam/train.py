@@ -165,9 +165,7 @@ def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.de
         return distributed.wrap_model(model, device=device, sync_bn=config.sync_bn)
 
     def loss():
-        # published settings: CIFAR-100's for CIFAR-100, CIFAR-10's (the papers' defaults) otherwise
-        preset = "cifar100" if config.dataset == "cifar100" else "cifar10"
-        return build_loss(config.loss, num_samples=n, num_classes=c, preset=preset).to(device)
+        return build_loss(config.loss, num_samples=n, num_classes=c, preset=config.loss_preset(), **config.loss_options()).to(device)
 
     if config.selection == "coteaching":
         from casam.selection import CoTeachingSelector

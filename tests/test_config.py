@@ -40,6 +40,9 @@ def test_saved_config_round_trips(tmp_path):
         ({"perturb_cutoff": "0"}, "must be in (0, 1] or none"),
         ({"perturb_weight": "0.5", "perturb_cutoff": "1.5"}, "must be in (0, 1] or none"),
         ({"perturb_from": "confidence"}, "takes no perturb_weight"),
+        ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
+        ({"loss": "elr", "elr_beta": "1"}, "elr_beta must be in"),
+        ({"loss": "sce", "sce_alpha": "-1"}, "sce_alpha must be"),
     ],
 )
 def test_bad_values_are_refused_with_one_sentence(overrides, message):
@@ -77,3 +80,11 @@ def test_a_run_saved_before_an_option_existed_is_read_as_it_ran(tmp_path):
     assert (as_run.perturb_weight, as_run.perturb_cutoff) == (0.0, None)
     as_user_file = resolve(yaml_path=str(path))
     assert (as_user_file.perturb_weight, as_user_file.perturb_cutoff) == (TrainConfig().perturb_weight, TrainConfig().perturb_cutoff) == (0.5, 0.6667)
+
+
+def test_a_loss_setting_for_another_loss_is_refused_and_published_values_are_the_default():
+    with pytest.raises(ConfigError, match="gce_q only applies with loss gce, not loss elr"):
+        resolve(overrides={"loss": "elr", "gce_q": "0.5"}, strict=True)
+    assert resolve(overrides={"loss": "elr"}).loss_options() == {}  # the published values apply
+    assert resolve(overrides={"loss": "elr", "elr_lambda": "7"}).loss_options() == {"lam": 7.0}
+    assert resolve(overrides={"loss": "elr", "dataset": "cifar100"}).loss_preset() == "cifar100"

@@ -34,3 +34,22 @@ def test_method_learns_on_fashion_mnist(tmp_path, optimizer, loss, selection):
         assert rows[-1]["drop_rate"] == rows[-1]["forget_rate"]
         # the kept samples are cleaner than the batch (60 % clean): the small-loss trick works
         assert rows[-1]["selected_fraction"] < 0.8 and rows[-1]["sel_precision"] > 0.7
+
+
+def _digits_run(out, *extra):
+    args = ["train", "--dataset", "digits", "--train-subset", "800", "--noise", "symmetric:0.4", "--model", "mlp",
+            "--optimizer", "sgd", "--epochs", "3", "--lr", "0.1", "--out", str(out), "--progress", "false",
+            "--tensorboard", "false", *extra]
+    assert main(args) == 0
+    return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "samples_per_s", "data_fraction")}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_loss_setting_given_on_the_command_line_is_the_one_trained_with(tmp_path):
+    """--elr-lambda 0 switches ELR's regulariser off: the run is plain cross-entropy, metric for metric;
+    ELR at its published lambda 3 and at 7 are two other runs."""
+    ce = _digits_run(tmp_path / "ce", "--loss", "ce")
+    assert _digits_run(tmp_path / "elr0", "--loss", "elr", "--elr-lambda", "0") == ce
+    published = _digits_run(tmp_path / "elr3", "--loss", "elr")
+    assert published == _digits_run(tmp_path / "elr3b", "--loss", "elr", "--elr-lambda", "3", "--elr-beta", "0.7")
+    assert published != ce and _digits_run(tmp_path / "elr7", "--loss", "elr", "--elr-lambda", "7") != published
