@@ -361,7 +361,8 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
 
 @pytest.mark.parametrize(
     "grid, out",
-    [("grid.yaml", "benchmarks"), ("casam-ablation.yaml", "benchmarks"), ("casam-study.yaml", "casam-study"), ("casam-tuning.yaml", "casam-tuning")],
+    [("grid.yaml", "benchmarks"), ("casam-ablation.yaml", "benchmarks"), ("casam-study.yaml", "casam-study"), ("casam-tuning.yaml", "casam-tuning"),
+     ("baselines-tuning.yaml", "baselines-tuning")],
 )
 def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as
