@@ -865,8 +865,10 @@ def write_report(
 
 GITIGNORE = """\
 # written by casam bench: per-epoch curves (metrics.jsonl), summaries and configs are worth committing;
-# checkpoints and the held-out pick's network (megabytes per run) are only needed to resume or to reuse a run.
+# checkpoints and the held-out pick's network (megabytes per run) are only needed to resume or to reuse a
+# run, and a run's suspects.csv (a line per suspect) is summed up in its summary.json.
 !runs/
+runs/**/suspects.csv
 runs/**/checkpoint*.pt
 runs/**/.checkpoint*
 runs/**/best_model.pt

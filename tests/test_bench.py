@@ -130,7 +130,7 @@ def test_per_epoch_curves_stay_in_every_run_folder(tiny):
         # --workers 2: cores // 2 threads per run, whatever is left to do (the float summation order)
         assert all(r["torch_threads"] == max(1, default_workers() // 2) for r in rows)
     ignored = (out / ".gitignore").read_text()
-    assert "!runs/" in ignored and "runs/**/checkpoint*.pt" in ignored and "runs/**/best_model.pt" in ignored
+    assert "!runs/" in ignored and all(f"runs/**/{name}" in ignored for name in ("checkpoint*.pt", "best_model.pt", "suspects.csv"))
 
 
 def test_report_only_remakes_the_same_report_without_training(tiny_copy, capsys):
