@@ -534,7 +534,7 @@ def _from_epochs(path: Path) -> dict[str, float | None]:
     the test accuracy of the epoch with the best held-out accuracy (early stopping without a clean label), and
     the lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
     that decays over training is judged by."""
-    from casam.train import read_metrics
+    from casam.train import held_out_pick, read_metrics
 
     epochs = read_metrics(path)
 
@@ -542,8 +542,8 @@ def _from_epochs(path: Path) -> dict[str, float | None]:
         return isinstance(v, (int, float)) and math.isfinite(v)
 
     val = epochs[-1].get("val_acc") if epochs else None
-    scored = [e for e in epochs if finite(e.get("val_acc"))]
-    pick = max(scored, key=lambda e: e["val_acc"])["test_acc"] if scored else None  # the first best, as train's summary
+    chosen = held_out_pick(epochs)  # the epoch casam train's summary names
+    pick = chosen["test_acc"] if chosen is not None else None
     split = [e["sel_precision"] for e in epochs if finite(e.get("sel_precision")) and e.get("selected_fraction", 1) < 1]
     return {
         "val_acc": float(val) if finite(val) else None,

@@ -266,6 +266,13 @@ def open_tensorboard(config: TrainConfig, run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
+def held_out_pick(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch row that early stopping without clean labels keeps: the first with the highest held-out
+    noisy accuracy (runs with val_fraction or val_size); None without held-out data."""
+    scored = [r for r in rows if isinstance(r.get("val_acc"), (int, float)) and math.isfinite(r["val_acc"])]
+    return max(scored, key=lambda r: r["val_acc"]) if scored else None
+
+
 def summarize(rows: list[dict[str, Any]], total_time: float) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["test_acc"])
     last = rows[-1]
@@ -280,8 +287,8 @@ def summarize(rows: list[dict[str, Any]], total_time: float) -> dict[str, Any]:
     for key in ("sel_precision", "sel_recall", "sel_f1", "selected_fraction", "memorization"):
         if key in last:
             summary[key] = last[key]
-    if "val_acc" in last:  # early stopping without clean labels: the epoch the held-out noisy data picks
-        chosen = max(rows, key=lambda r: r["val_acc"])
+    chosen = held_out_pick(rows)
+    if chosen is not None:
         summary.update(val_best_epoch=chosen["epoch"], val_best_acc=chosen["val_acc"], val_best_test_acc=chosen["test_acc"])
     return summary
 
@@ -317,12 +324,12 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
     return "\n".join(lines)
 
 
-def save_best_model(path: Path, model: torch.nn.Module, *, epoch: int, val_acc: float, config: TrainConfig) -> None:
+def save_best_model(path: Path, weights: dict[str, torch.Tensor], *, epoch: int, val_acc: float, config: TrainConfig) -> None:
     """Keep the network of the best held-out epoch: with noisy labels the last epoch has often memorised
     more, and accuracy on held-out noisy labels picks epochs close to the best clean ones (docs/training.md)
     without needing any clean label.
     Load with `model.load_state_dict(torch.load(path)["model"])` on `build_model(config["model"], ...)`."""
-    state = {"epoch": epoch, "val_acc": val_acc, "model": model.state_dict(), "config": config.to_dict()}
+    state = {"epoch": epoch, "val_acc": val_acc, "model": weights, "config": config.to_dict()}
     checkpoint.atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
@@ -502,7 +509,7 @@ def _train(config: TrainConfig, device: torch.device, *, resume: bool, overwrite
             best_val = row["val_acc"]
             best_weights = {k: v.detach().clone() for k, v in learner.eval_model.state_dict().items()}
             if main:  # before the checkpoint: a run resumed from it never misses its best epoch
-                save_best_model(run_dir / BEST_MODEL, learner.eval_model, epoch=epoch + 1, val_acc=best_val, config=config)
+                save_best_model(run_dir / BEST_MODEL, best_weights, epoch=epoch + 1, val_acc=best_val, config=config)
         if main:  # the one writer: metrics, checkpoint, tensorboard, console
             write_metrics(run_dir / "metrics.jsonl", rows)
             checkpoint.save(

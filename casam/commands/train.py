@@ -9,7 +9,8 @@ import typing
 
 from casam.cli import OneLineErrorParser
 
-from casam.config import TrainConfig, field_types
+from casam.config import LOSS_OPTIONS, TrainConfig, field_types
+from casam.losses import PUBLISHED
 
 # Options a resumed run may change: they do not alter what is computed.
 RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir")
@@ -25,13 +26,13 @@ HELP = {
     "optimizer": "sgd, sam, asam or casam",
     "loss": "ce, gce, sce, apl or elr",
     "selection": "none or coteaching",
-    "gce_q": "GCE's q (none: published, 0.7)",
-    "sce_alpha": "SCE's weight of CE (none: published, 0.1; CIFAR-100 6.0)",
-    "sce_beta": "SCE's weight of reverse CE (none: published, 1.0; CIFAR-100 0.1)",
-    "apl_alpha": "APL's weight of normalised CE (none: published, 1.0; CIFAR-100 10.0)",
-    "apl_beta": "APL's weight of reverse CE (none: published, 1.0; CIFAR-100 0.1)",
-    "elr_lambda": "ELR's regulariser weight lambda (none: published, 3; CIFAR-100 7)",
-    "elr_beta": "ELR's target momentum (none: published, 0.7; CIFAR-100 0.9)",
+    "gce_q": "GCE's q",
+    "sce_alpha": "SCE's weight of CE",
+    "sce_beta": "SCE's weight of reverse CE",
+    "apl_alpha": "APL's weight of normalised CE",
+    "apl_beta": "APL's weight of reverse CE",
+    "elr_lambda": "ELR's regulariser weight lambda",
+    "elr_beta": "ELR's target momentum",
     "schedule": "cosine, step or constant (stepped per epoch)",
     "rho": "SAM/ASAM/CA-SAM neighbourhood radius",
     "sam_warmup": "SAM/ASAM epochs of plain base-optimizer steps before the perturbation starts",
@@ -55,6 +56,13 @@ HELP = {
 
 
 
+def _published(name: str) -> str:
+    """A loss option's published values, from casam.losses.PUBLISHED (the help never restates them)."""
+    loss, keyword = LOSS_OPTIONS[name]
+    ten, hundred = (PUBLISHED[loss][preset][keyword] for preset in ("cifar10", "cifar100"))
+    return f" (none: published, {ten:g}" + ("" if hundred == ten else f"; CIFAR-100 {hundred:g}") + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="casam train",
@@ -76,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar = "true|false"
         parser.add_argument(
             flag, dest=field.name, default=None, metavar=metavar or field.name.upper(),
-            help=f"{HELP.get(field.name, '')} (default: {getattr(defaults, field.name)})".strip(),
+            help=f"{HELP.get(field.name, '')}{_published(field.name) if field.name in LOSS_OPTIONS else ''} "
+            f"(default: {getattr(defaults, field.name)})".strip(),
         )
     return parser
 
