@@ -1,0 +1,180 @@
+"""The tuning rounds' rule on paired held-out differences: one candidate against one default.
+
+    python benchmarks/paired.py docs/casam-tuning/runs \
+        --default casam+elr@switch-lambda0.5 --candidate casam+elr@switch --labels "lambda 0.5" "lambda 1"
+
+Two runs of the same noise setting and seed are scored on the same held-out noisy images, so the
+rounds judge the per-seed difference d = held-out(candidate) - held-out(default) at the last epoch
+(points of noisy accuracy), not the two figures apart. The rule of CA-SAM's rounds 9-12 and of the
+baselines' rounds (written in benchmarks/casam-tuning.yaml and baselines-tuning.yaml before the runs):
+
+  (a) mean(d) over all pairs > 2 SE, with SE = sd(d) / sqrt(n);
+  (b) mean(d) > 0 at each setting;
+  (c) at the guard (symmetric 80 %, seed 100) the candidate is at most `--guard-margin` points below
+      the guard's default (`--guard-default`, the default method unless given).
+
+Prints the docs' table rows (held-out and test accuracy, the lowest selection precision of the run,
+its last recall and memorisation, for both methods), the per-setting means, each condition with its
+figures, and as its last line a JSON object with the same figures and `verdict`: "adopt", "keep" or
+"pending" (a pair or the guard not finished: run folders count once their summary.json exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROUNDS_PAIRS = ["symmetric-0.5:100-104", "asymmetric-0.4:100-102", "instance-0.4:100-102"]
+ROUNDS_GUARD = "symmetric-0.8:100"
+
+
+def parse_pairs(spec: str) -> tuple[str, list[int]]:
+    """'symmetric-0.5:100-104' -> ('symmetric-0.5', [100, ..., 104]); 'x:7' -> ('x', [7])."""
+    noise, sep, seeds = spec.partition(":")
+    first, _, last = seeds.partition("-")
+    if not sep or not noise or not first.isdigit() or (last and not last.isdigit()):
+        raise ValueError(f"pairs must look like symmetric-0.5:100-104, got {spec!r}")
+    first_seed, last_seed = int(first), int(last or first)
+    if last_seed < first_seed:
+        raise ValueError(f"seed range runs backwards in {spec!r}")
+    return noise, list(range(first_seed, last_seed + 1))
+
+
+def run_figures(folder: Path) -> dict | None:
+    """A finished run's last-epoch figures in % (None while it has no summary.json).
+
+    `lowest_precision` is over the epochs whose split set samples aside (selected fraction < 1):
+    the warm-up's all-clean epochs would hide nothing. NaN for methods without a split.
+    """
+    if not (folder / "summary.json").exists():
+        return None
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows or rows[-1].get("val_acc") is None:
+        raise ValueError(f"{folder} has no held-out accuracy: was it run with --val-size or --val-fraction?")
+    last = rows[-1]
+    precisions = [r["sel_precision"] for r in rows
+                  if r.get("sel_precision") is not None and r.get("selected_fraction", 1.0) < 1.0]
+
+    def pct(value):
+        return float("nan") if value is None else 100.0 * value
+
+    return {"held_out": pct(last["val_acc"]), "test": pct(last["test_acc"]),
+            "lowest_precision": pct(min(precisions)) if precisions else float("nan"),
+            "recall": pct(last.get("sel_recall")), "memorization": pct(last.get("memorization"))}
+
+
+def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUNDS_PAIRS,
+            guard: str | None = ROUNDS_GUARD, guard_default: str | None = None,
+            guard_margin: float = 1.0) -> dict:
+    """The rule's figures for `candidate` against `default` under `runs/<noise>/<method>/seed<k>`."""
+    rows, pending, by_setting = [], [], {}
+    for spec in pairs:
+        noise, seeds = parse_pairs(spec)
+        for seed in seeds:
+            base = run_figures(runs / noise / default / f"seed{seed}")
+            cand = run_figures(runs / noise / candidate / f"seed{seed}")
+            if base is None or cand is None:
+                pending.append(f"{noise}/seed{seed}")
+                continue
+            d = cand["held_out"] - base["held_out"]
+            rows.append({"setting": noise, "seed": seed, "default": base, "candidate": cand, "d": d})
+            by_setting.setdefault(noise, []).append(d)
+    ds = [row["d"] for row in rows]
+    mean = statistics.mean(ds) if ds else float("nan")
+    se = statistics.stdev(ds) / math.sqrt(len(ds)) if len(ds) > 1 else float("nan")
+    setting_means = {noise: statistics.mean(values) for noise, values in by_setting.items()}
+    result = {"default": default, "candidate": candidate, "n": len(ds), "mean_d": mean,
+              "sd_d": statistics.stdev(ds) if len(ds) > 1 else float("nan"), "two_se": 2 * se,
+              "setting_means": setting_means, "rows": rows, "pending": pending,
+              "a": len(ds) > 1 and mean > 2 * se,
+              "b": bool(setting_means) and all(value > 0 for value in setting_means.values())}
+    if guard is not None:
+        noise, seeds = parse_pairs(guard)
+        if len(seeds) != 1:
+            raise ValueError(f"the guard is one run, got {guard!r}")
+        base = run_figures(runs / noise / (guard_default or default) / f"seed{seeds[0]}")
+        cand = run_figures(runs / noise / candidate / f"seed{seeds[0]}")
+        if base is None or cand is None:
+            pending.append(f"{noise}/seed{seeds[0]} (guard)")
+            result["guard"], result["c"] = None, False
+        else:
+            result["guard"] = {"default": base, "candidate": cand, "d": cand["held_out"] - base["held_out"]}
+            result["c"] = result["guard"]["d"] >= -guard_margin
+    else:
+        result["guard"], result["c"] = None, True
+    result["verdict"] = "pending" if pending else ("adopt" if result["a"] and result["b"] and result["c"] else "keep")
+    return result
+
+
+def setting_name(noise: str) -> str:
+    """'symmetric-0.5' -> 'symmetric 50 %', as the docs' tables write it."""
+    kind, _, rate = noise.rpartition("-")
+    try:
+        return f"{kind} {100 * float(rate):g} %"
+    except ValueError:
+        return noise
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table(result: dict, labels: tuple[str, str]) -> list[str]:
+    """The docs' markdown rows: default then candidate in each column pair."""
+    a, b = labels
+    lines = [f"| setting | seed | held-out: {a} | {b} | d | test: {a} | {b} | lowest P: {a} | {b} "
+             f"| recall: {a} | {b} | mem.: {a} | {b} |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in result["rows"]:
+        base, cand = row["default"], row["candidate"]
+        cells = [setting_name(row["setting"]), str(row["seed"]), _fmt(base["held_out"], 2), _fmt(cand["held_out"], 2),
+                 f"{row['d']:+.2f}"]
+        for key in ("test", "lowest_precision", "recall", "memorization"):
+            cells += [_fmt(base[key], 1), _fmt(cand[key], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, help="a bench report's runs folder (docs/casam-tuning/runs)")
+    parser.add_argument("--default", required=True, help="the method that stays unless the rule says otherwise")
+    parser.add_argument("--candidate", required=True)
+    parser.add_argument("--pairs", nargs="+", default=ROUNDS_PAIRS, help="noise:first-last seed (default: rounds 9-12's 11 pairs)")
+    parser.add_argument("--guard", default=ROUNDS_GUARD, help="noise:seed, or 'none'")
+    parser.add_argument("--guard-default", help="the guard's default method (default: --default)")
+    parser.add_argument("--guard-margin", type=float, default=1.0, help="points the candidate may lose at the guard")
+    parser.add_argument("--labels", nargs=2, metavar=("DEFAULT", "CANDIDATE"), help="column names (default: the methods)")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        parser.error(f"no runs folder {args.runs}")
+    try:
+        result = compare(args.runs, args.default, args.candidate, pairs=args.pairs,
+                         guard=None if args.guard == "none" else args.guard,
+                         guard_default=args.guard_default, guard_margin=args.guard_margin)
+    except ValueError as err:
+        parser.error(str(err))
+    print("\n".join(table(result, tuple(args.labels or (args.default, args.candidate)))))
+    print()
+    for noise, value in result["setting_means"].items():
+        print(f"{noise}: mean d {value:+.3f}")
+    print(f"(a) mean d {result['mean_d']:+.3f} over {result['n']} pairs, sd {result['sd_d']:.3f}, "
+          f"2 SE {result['two_se']:.3f}: {'yes' if result['a'] else 'no'}")
+    print(f"(b) positive at each setting: {'yes' if result['b'] else 'no'}")
+    if result["guard"] is not None:
+        g = result["guard"]
+        print(f"(c) guard: {g['candidate']['held_out']:.2f} against {g['default']['held_out']:.2f} "
+              f"({g['d']:+.2f}; test {g['candidate']['test']:.1f} against {g['default']['test']:.1f}): "
+              f"{'yes' if result['c'] else 'no'}")
+    for item in result["pending"]:
+        print(f"pending: {item}")
+    print(json.dumps({key: value for key, value in result.items() if key != "rows"}, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

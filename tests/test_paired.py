@@ -1,0 +1,128 @@
+"""benchmarks/paired.py: the tuning rounds' rule on paired held-out differences.
+
+Synthetic run folders pin the statistic and each condition of the rule; the committed runs of round 11
+(docs/casam-tuning) and of ELR's round (docs/baselines-tuning) check that it reproduces the figures and
+verdicts the docs report.
+"""
+
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def paired():
+    spec = importlib.util.spec_from_file_location("paired", ROOT / "benchmarks" / "paired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(runs, noise, method, seed, held_out, *, test=0.8, finished=True, precisions=(0.99, 0.95, 0.97)):
+    """A run folder as `casam bench` leaves it: warm-up epoch (all selected) then split epochs."""
+    folder = runs / noise / method / f"seed{seed}"
+    folder.mkdir(parents=True)
+    rows = [{"epoch": 1, "val_acc": 0.1, "test_acc": 0.5, "selected_fraction": 1.0, "sel_precision": 0.5}]
+    for epoch, precision in enumerate(precisions, start=2):
+        rows.append({"epoch": epoch, "val_acc": held_out, "test_acc": test, "selected_fraction": 0.6,
+                     "sel_precision": precision, "sel_recall": 0.9, "memorization": 0.03})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if finished:
+        (folder / "summary.json").write_text("{}")
+
+
+def make_round(runs, d_by_pair, *, guard_d=0.0):
+    """Default at held-out 0.40 everywhere; candidate 0.40 + d (d in points) on each pair and the guard."""
+    for (noise, seed), d in d_by_pair.items():
+        write_run(runs, noise, "base", seed, 0.40)
+        write_run(runs, noise, "cand", seed, 0.40 + d / 100)
+    write_run(runs, "symmetric-0.8", "base", 100, 0.15)
+    write_run(runs, "symmetric-0.8", "cand", 100, 0.15 + guard_d / 100)
+
+
+PAIRS = ["symmetric-0.5:100-102", "asymmetric-0.4:100-101"]
+
+
+def test_statistic_and_adoption(paired, tmp_path):
+    ds = {("symmetric-0.5", 100): 0.5, ("symmetric-0.5", 101): 0.3, ("symmetric-0.5", 102): 0.7,
+          ("asymmetric-0.4", 100): 0.2, ("asymmetric-0.4", 101): 0.4}
+    make_round(tmp_path, ds, guard_d=-0.9)
+    result = paired.compare(tmp_path, "base", "cand", pairs=PAIRS)
+    values = list(ds.values())
+    assert result["n"] == 5 and result["pending"] == []
+    assert result["mean_d"] == pytest.approx(statistics.mean(values))
+    assert result["two_se"] == pytest.approx(2 * statistics.stdev(values) / math.sqrt(5))
+    assert result["setting_means"] == pytest.approx({"symmetric-0.5": 0.5, "asymmetric-0.4": 0.3})
+    assert result["guard"]["d"] == pytest.approx(-0.9)
+    assert result["a"] and result["b"] and result["c"] and result["verdict"] == "adopt"
+    # the warm-up epoch (everything selected, precision 50 %) is not the run's lowest precision
+    assert result["rows"][0]["default"]["lowest_precision"] == pytest.approx(95.0)
+
+
+@pytest.mark.parametrize("ds, guard_d, failed", [
+    # (a): ahead on average, but too spread to be above 2 SE
+    ({("symmetric-0.5", 100): 2.0, ("symmetric-0.5", 101): -0.5, ("symmetric-0.5", 102): 0.1,
+      ("asymmetric-0.4", 100): 1.5, ("asymmetric-0.4", 101): -0.4}, 0.0, "a"),
+    # (b): well ahead on average, behind at one setting
+    ({("symmetric-0.5", 100): 1.0, ("symmetric-0.5", 101): 1.1, ("symmetric-0.5", 102): 1.2,
+      ("asymmetric-0.4", 100): -0.05, ("asymmetric-0.4", 101): -0.01}, 0.0, "b"),
+    # (c): the guard loses more than a point
+    ({("symmetric-0.5", 100): 0.5, ("symmetric-0.5", 101): 0.6, ("symmetric-0.5", 102): 0.7,
+      ("asymmetric-0.4", 100): 0.5, ("asymmetric-0.4", 101): 0.6}, -1.2, "c"),
+])
+def test_each_condition_can_keep_the_default(paired, tmp_path, ds, guard_d, failed):
+    make_round(tmp_path, ds, guard_d=guard_d)
+    result = paired.compare(tmp_path, "base", "cand", pairs=PAIRS)
+    assert [key for key in "abc" if not result[key]] == [failed]
+    assert result["verdict"] == "keep"
+
+
+def test_unfinished_runs_leave_the_verdict_pending(paired, tmp_path):
+    make_round(tmp_path, {("symmetric-0.5", 100): 1.0, ("symmetric-0.5", 101): 1.0})
+    write_run(tmp_path, "symmetric-0.5", "base", 102, 0.40)
+    write_run(tmp_path, "symmetric-0.5", "cand", 102, 0.45, finished=False)
+    result = paired.compare(tmp_path, "base", "cand", pairs=["symmetric-0.5:100-102"])
+    assert result["n"] == 2 and result["pending"] == ["symmetric-0.5/seed102"]
+    assert result["verdict"] == "pending"
+
+
+def test_command_line_prints_rows_and_refuses_runs_without_held_out_data(paired, tmp_path, capsys):
+    make_round(tmp_path, {("symmetric-0.5", 100): 0.5, ("symmetric-0.5", 101): 0.7})
+    paired.main([str(tmp_path), "--default", "base", "--candidate", "cand", "--pairs", "symmetric-0.5:100-101",
+                 "--labels", "old", "new"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| setting | seed | held-out: old | new | d |")
+    assert lines[2].startswith("| symmetric 50 % | 100 | 40.00 | 40.50 | +0.50 |")
+    assert json.loads(lines[-1])["verdict"] == "adopt"
+    (tmp_path / "symmetric-0.5" / "base" / "seed100" / "metrics.jsonl").write_text(json.dumps({"test_acc": 0.8}) + "\n")
+    with pytest.raises(SystemExit):
+        paired.main([str(tmp_path), "--default", "base", "--candidate", "cand", "--pairs", "symmetric-0.5:100-101"])
+    assert "no held-out accuracy" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paired.main([str(tmp_path), "--default", "base", "--candidate", "cand", "--pairs", "symmetric-0.5"])
+
+
+def test_reproduces_round_11_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 14: lambda 0.25 kept out by all three conditions."""
+    result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
+                            "casam+ce@switch-lambda0.25")
+    assert result["n"] == 11 and result["pending"] == []
+    assert round(result["mean_d"], 3) == -0.103 and round(result["two_se"], 3) == 0.119
+    assert round(result["guard"]["d"], 2) == -3.44
+    assert not (result["a"] or result["b"] or result["c"]) and result["verdict"] == "keep"
+
+
+def test_reproduces_elr_round_from_the_committed_runs(paired):
+    """docs/benchmarks.md, "The baselines' settings": ELR keeps lambda 3 at symmetric 50 %."""
+    runs = ROOT / "docs" / "baselines-tuning" / "runs"
+    low = paired.compare(runs, "sgd+elr", "sgd+elr@lambda1", pairs=["symmetric-0.5:100-104"], guard=None)
+    high = paired.compare(runs, "sgd+elr", "sgd+elr@lambda7", pairs=["symmetric-0.5:100-104"], guard=None)
+    assert (round(low["mean_d"], 2), round(high["mean_d"], 2)) == (-2.91, -1.44)
+    assert all(row["d"] < 0 for row in low["rows"] + high["rows"])
+    assert low["verdict"] == high["verdict"] == "keep"
