@@ -69,14 +69,23 @@ def run_figures(folder: Path) -> dict | None:
 
 def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUNDS_PAIRS,
             guard: str | None = ROUNDS_GUARD, guard_default: str | None = None,
-            guard_margin: float = 1.0) -> dict:
-    """The rule's figures for `candidate` against `default` under `runs/<noise>/<method>/seed<k>`."""
+            guard_margin: float = 1.0, default_for: list[tuple[str, str]] = (),
+            candidate_for: list[tuple[str, str]] = ()) -> dict:
+    """The rule's figures for `candidate` against `default` under `runs/<noise>/<method>/seed<k>`.
+
+    default_for, candidate_for: (pairs spec, method) for pairs whose runs sit under another name
+    (rounds 9-10 reuse round 8's `casam+ce@mu0.5` runs at symmetric 50 %, seeds 100-102).
+    """
+    def named(overrides: list[tuple[str, str]]) -> dict[tuple[str, int], str]:
+        return {(noise, seed): method for spec, method in overrides for noise, seeds in [parse_pairs(spec)] for seed in seeds}
+
+    default_at, candidate_at = named(default_for), named(candidate_for)
     rows, pending, by_setting = [], [], {}
     for spec in pairs:
         noise, seeds = parse_pairs(spec)
         for seed in seeds:
-            base = run_figures(runs / noise / default / f"seed{seed}")
-            cand = run_figures(runs / noise / candidate / f"seed{seed}")
+            base = run_figures(runs / noise / default_at.get((noise, seed), default) / f"seed{seed}")
+            cand = run_figures(runs / noise / candidate_at.get((noise, seed), candidate) / f"seed{seed}")
             if base is None or cand is None:
                 pending.append(f"{noise}/seed{seed}")
                 continue
@@ -149,13 +158,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guard-default", help="the guard's default method (default: --default)")
     parser.add_argument("--guard-margin", type=float, default=1.0, help="points the candidate may lose at the guard")
     parser.add_argument("--labels", nargs=2, metavar=("DEFAULT", "CANDIDATE"), help="column names (default: the methods)")
+    parser.add_argument("--default-for", nargs=2, action="append", default=[], metavar=("PAIRS", "METHOD"),
+                        help="the default's runs for these pairs are under METHOD (repeatable)")
+    parser.add_argument("--candidate-for", nargs=2, action="append", default=[], metavar=("PAIRS", "METHOD"),
+                        help="the candidate's runs for these pairs are under METHOD (repeatable)")
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
         parser.error(f"no runs folder {args.runs}")
     try:
         result = compare(args.runs, args.default, args.candidate, pairs=args.pairs,
                          guard=None if args.guard == "none" else args.guard,
-                         guard_default=args.guard_default, guard_margin=args.guard_margin)
+                         guard_default=args.guard_default, guard_margin=args.guard_margin,
+                         default_for=[tuple(x) for x in args.default_for],
+                         candidate_for=[tuple(x) for x in args.candidate_for])
     except ValueError as err:
         parser.error(str(err))
     print("\n".join(table(result, tuple(args.labels or (args.default, args.candidate)))))

@@ -38,6 +38,11 @@ LOSS_OPTIONS = {
     "elr_beta": ("elr", "beta"),
 }
 
+# CA-SAM's lambda when none is given, by loss (docs/casam-split.md): 0.5 from round 10 (chosen with
+# cross-entropy); 1 with ELR from round 12, whose own term already keeps the likely-noisy samples off
+# their given labels, so halving their pull only slows the hard clean ones.
+NOISY_WEIGHT = {"*": 0.5, "elr": 1.0}
+
 # option -> (the option that decides whether it applies, the values for which it does)
 _USED_BY = {
     "rho": ("optimizer", ("sam", "asam", "casam")),
@@ -108,7 +113,7 @@ class TrainConfig:
     warmup_rho: float | None = 0.0  # CA-SAM's radius during warm-up; None: rho; 0: plain SGD steps (docs/casam-split.md)
     criterion: str = "agreement"
     history_beta: float = 0.9
-    noisy_weight: float = 0.5  # lambda: the likely-noisy samples' weight in the update (1: the paper's; round 10)
+    noisy_weight: float | None = None  # lambda: the likely-noisy samples' weight in the update (1: the paper's); None: by loss, see NOISY_WEIGHT
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
     perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's perturbation, 1: SAM's direction)
@@ -132,7 +137,7 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "TrainConfig":
-        """Check every value; raise ConfigError naming the first bad one."""
+        """Check every value; raise ConfigError naming the first bad one. Fills in lambda's loss-dependent default."""
         from casam.data import DATASETS
         from casam.history import CRITERIA
         from casam.losses import LOSSES
@@ -193,6 +198,8 @@ class TrainConfig:
             raise ConfigError(f"perturb_cutoff (the noise estimate above which mu is 0) must be in (0, 1] or none; got {self.perturb_cutoff}")
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
+        if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it
+            self.noisy_weight = NOISY_WEIGHT.get(self.loss, NOISY_WEIGHT["*"])
         if not 0 <= self.noisy_weight <= 1:
             raise ConfigError(f"noisy_weight (lambda) must be in [0, 1]; got {self.noisy_weight}")
         if self.forget_rate is not None and not 0 <= self.forget_rate < 1:

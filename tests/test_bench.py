@@ -325,7 +325,7 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
         "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr",
     ]
     # and the paper's CA-SAM (the defaults before round 9) and round 9's beside CA-SAM's and CA-SAM+ELR's defaults
-    assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda1"]
+    assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda0.5"]
     for run in runs:  # the same budget for every method
         c = run.config
         assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
@@ -333,8 +333,9 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
         )
         if c.optimizer != "sgd":  # each SAM-family method at its published radius (ASAM's is relative to |w|)
             assert c.rho == (0.5 if c.optimizer == "asam" else 0.05)
-        if c.optimizer == "casam":  # the defaults' switch and lambda 0.5; mu 0 and lambda 1 for the paper's CA-SAM
-            expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0)}.get(run.method.partition("@")[2], (0.5, 0.6667, 0.5))
+        if c.optimizer == "casam":  # the defaults' switch and lambda (0.5, 1 with ELR); mu 0 and lambda 1 for the paper's CA-SAM
+            default = (0.5, 0.6667, 1.0 if c.loss == "elr" else 0.5)
+            expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0), "lambda0.5": (0.5, 0.6667, 0.5)}.get(run.method.partition("@")[2], default)
             assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
     quick = expand_grid(grid, out=tmp_path, quick=True)
     assert len(quick) == 6 * 13 and {r.seed for r in quick} == {0}

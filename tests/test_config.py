@@ -88,3 +88,14 @@ def test_a_loss_setting_for_another_loss_is_refused_and_published_values_are_the
     assert resolve(overrides={"loss": "elr"}).loss_options() == {}  # the published values apply
     assert resolve(overrides={"loss": "elr", "elr_lambda": "7"}).loss_options() == {"lam": 7.0}
     assert resolve(overrides={"loss": "elr", "dataset": "cifar100"}).loss_preset() == "cifar100"
+
+
+def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path):
+    assert resolve(overrides={"loss": "elr"}).noisy_weight == 1.0  # round 12
+    assert resolve(overrides={"loss": "ce"}).noisy_weight == resolve(overrides={"loss": "gce"}).noisy_weight == 0.5
+    assert resolve(overrides={"loss": "elr", "noisy_weight": "0.5"}).noisy_weight == 0.5  # a given value stays
+    assert TrainConfig(loss="elr").noisy_weight is None and TrainConfig(loss="elr").validate().noisy_weight == 1.0
+    save_yaml(resolve(overrides={"loss": "elr"}), tmp_path / "config.yaml")
+    assert "noisy_weight: 1.0" in (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="noisy_weight only applies with optimizer casam"):
+        resolve(overrides={"optimizer": "sgd", "loss": "elr", "noisy_weight": "1"}, strict=True)

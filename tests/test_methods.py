@@ -53,3 +53,18 @@ def test_a_loss_setting_given_on_the_command_line_is_the_one_trained_with(tmp_pa
     published = _digits_run(tmp_path / "elr3", "--loss", "elr")
     assert published == _digits_run(tmp_path / "elr3b", "--loss", "elr", "--elr-lambda", "3", "--elr-beta", "0.7")
     assert published != ce and _digits_run(tmp_path / "elr7", "--loss", "elr", "--elr-lambda", "7") != published
+
+
+def test_casam_lambda_default_follows_the_loss(tmp_path):
+    """Round 12 of docs/casam-split.md: with ELR, CA-SAM's lambda defaults to 1, with any other loss to 0.5;
+    the run trains with that value and its config.yaml records it (so a resume or a re-run repeats it)."""
+    import yaml
+
+    casam = ("--optimizer", "casam", "--warmup", "1")
+    elr = _digits_run(tmp_path / "elr", *casam, "--loss", "elr")
+    assert elr == _digits_run(tmp_path / "elr1", *casam, "--loss", "elr", "--noisy-weight", "1")
+    assert elr != _digits_run(tmp_path / "elr05", *casam, "--loss", "elr", "--noisy-weight", "0.5")
+    ce = _digits_run(tmp_path / "ce", *casam, "--loss", "ce")
+    assert ce == _digits_run(tmp_path / "ce05", *casam, "--loss", "ce", "--noisy-weight", "0.5")
+    recorded = {name: yaml.safe_load((tmp_path / name / "config.yaml").read_text())["noisy_weight"] for name in ("elr", "ce")}
+    assert recorded == {"elr": 1.0, "ce": 0.5}

@@ -126,3 +126,23 @@ def test_reproduces_elr_round_from_the_committed_runs(paired):
     assert (round(low["mean_d"], 2), round(high["mean_d"], 2)) == (-2.91, -1.44)
     assert all(row["d"] < 0 for row in low["rows"] + high["rows"])
     assert low["verdict"] == high["verdict"] == "keep"
+
+
+def test_reproduces_rounds_9_and_10_where_some_pairs_sit_under_another_name(paired):
+    """docs/casam-split.md, findings 12-13: the switch, then lambda 0.5, adopted on all 11 pairs."""
+    runs = ROOT / "docs" / "casam-tuning" / "runs"
+    round9 = paired.compare(runs, "casam+ce", "casam+ce@switch", guard=None,
+                            candidate_for=[("symmetric-0.5:100-102", "casam+ce@mu0.5")])
+    round10 = paired.compare(runs, "casam+ce@switch", "casam+ce@switch-lambda0.5", guard_default="casam+ce",
+                             default_for=[("symmetric-0.5:100-102", "casam+ce@mu0.5")])
+    assert (round(round9["mean_d"], 3), round(round9["two_se"], 3)) == (0.745, 0.219)
+    assert (round(round10["mean_d"], 3), round(round10["two_se"], 3), round(round10["guard"]["d"], 2)) == (0.552, 0.121, -0.57)
+    assert all(row["d"] > 0 for row in round9["rows"] + round10["rows"])
+    assert round9["verdict"] == round10["verdict"] == "adopt"
+
+
+def test_reproduces_round_12_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 15: with ELR, lambda 1 adopted over 0.5."""
+    result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+elr@switch-lambda0.5", "casam+elr@switch")
+    assert (round(result["mean_d"], 3), round(result["two_se"], 3), round(result["guard"]["d"], 2)) == (0.345, 0.203, -0.64)
+    assert result["n"] == 11 and result["verdict"] == "adopt"

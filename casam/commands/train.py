@@ -9,7 +9,7 @@ import typing
 
 from casam.cli import OneLineErrorParser
 
-from casam.config import LOSS_OPTIONS, TrainConfig, field_types
+from casam.config import LOSS_OPTIONS, NOISY_WEIGHT, TrainConfig, field_types
 from casam.losses import PUBLISHED
 
 # Options a resumed run may change: they do not alter what is computed.
@@ -40,7 +40,8 @@ HELP = {
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss or gmm",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
-    "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update)",
+    "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update; "
+    f"none: {NOISY_WEIGHT['elr']:g} with --loss elr, {NOISY_WEIGHT['*']:g} otherwise)",
     "perturb_from": "CA-SAM: clean (the method), noisy (a control: perturb from the likely-noisy samples) or confidence (no mask: each sample weighted by its history's probability of its given label)",
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_cutoff": "CA-SAM: mu 0 instead if the history's noise estimate after the warm-up is above this (none: mu always)",
