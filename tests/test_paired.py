@@ -146,3 +146,13 @@ def test_reproduces_round_12_from_the_committed_runs(paired):
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+elr@switch-lambda0.5", "casam+elr@switch")
     assert (round(result["mean_d"], 3), round(result["two_se"], 3), round(result["guard"]["d"], 2)) == (0.345, 0.203, -0.64)
     assert result["n"] == 11 and result["verdict"] == "adopt"
+
+
+def test_reproduces_gce_round_from_the_committed_runs(paired):
+    """docs/benchmarks.md, "The baselines' settings", round 2: GCE keeps q 0.7."""
+    runs = ROOT / "docs" / "baselines-tuning" / "runs"
+    low = paired.compare(runs, "sgd+gce", "sgd+gce@q0.4", pairs=["symmetric-0.5:100-104"], guard=None)
+    high = paired.compare(runs, "sgd+gce", "sgd+gce@q0.9")
+    assert round(low["mean_d"], 2) == -3.57 and all(row["d"] < 0 for row in low["rows"])
+    assert (round(high["mean_d"], 2), round(high["setting_means"]["instance-0.4"], 2), round(high["guard"]["d"], 2)) == (-0.19, -1.13, 1.71)
+    assert not high["a"] and not high["b"] and high["c"] and low["verdict"] == high["verdict"] == "keep"
