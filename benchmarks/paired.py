@@ -28,6 +28,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from casam.bench import epoch_figures
+from casam.train import read_metrics
+
 ROUNDS_PAIRS = ["symmetric-0.5:100-104", "asymmetric-0.4:100-102", "instance-0.4:100-102"]
 ROUNDS_GUARD = "symmetric-0.8:100"
 
@@ -47,23 +50,22 @@ def parse_pairs(spec: str) -> tuple[str, list[int]]:
 def run_figures(folder: Path) -> dict | None:
     """A finished run's last-epoch figures in % (None while it has no summary.json).
 
-    `lowest_precision` is over the epochs whose split set samples aside (selected fraction < 1):
-    the warm-up's all-clean epochs would hide nothing. NaN for methods without a split.
+    `lowest_precision` is `casam bench`'s (`casam.bench.epoch_figures`): over the epochs whose split set
+    samples aside, as the warm-up's all-clean epochs would hide nothing. NaN for methods without a split.
     """
     if not (folder / "summary.json").exists():
         return None
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if not rows or rows[-1].get("val_acc") is None:
+    rows = read_metrics(folder / "metrics.jsonl")
+    figures = epoch_figures(rows)
+    if figures["val_acc"] is None:
         raise ValueError(f"{folder} has no held-out accuracy: was it run with --val-size or --val-fraction?")
     last = rows[-1]
-    precisions = [r["sel_precision"] for r in rows
-                  if r.get("sel_precision") is not None and r.get("selected_fraction", 1.0) < 1.0]
 
     def pct(value):
         return float("nan") if value is None else 100.0 * value
 
-    return {"held_out": pct(last["val_acc"]), "test": pct(last["test_acc"]),
-            "lowest_precision": pct(min(precisions)) if precisions else float("nan"),
+    return {"held_out": pct(figures["val_acc"]), "test": pct(last["test_acc"]),
+            "lowest_precision": pct(figures["min_sel_precision"]),
             "recall": pct(last.get("sel_recall")), "memorization": pct(last.get("memorization"))}
 
 

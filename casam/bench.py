@@ -57,6 +57,7 @@ __all__ = [
     "default_workers",
     "execute",
     "collect_results",
+    "epoch_figures",
     "write_report",
     "write_gitignore",
     "lock_out",
@@ -493,6 +494,8 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
     configuration) and "dir" (its folder). The noise and seed come from config.yaml, the method
     from the folder name (it carries the optional @TAG that the configuration does not).
     """
+    from casam.train import read_metrics
+
     out = Path(out)
     rows, unfinished = [], []
     for run_dir in sorted(out.glob("runs/*/*/seed*")):
@@ -524,19 +527,17 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
         for key in ("last_acc", "best_acc", "sel_precision", "sel_recall", "memorization", "sec_per_epoch"):
             value = summary.get(key)
             row[key] = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-        row.update(_from_epochs(run_dir / "metrics.jsonl"))
+        row.update(epoch_figures(read_metrics(run_dir / "metrics.jsonl")))
         rows.append(row)
     return rows, unfinished
 
 
-def _from_epochs(path: Path) -> dict[str, float | None]:
-    """From a run's per-epoch metrics: the last held-out noisy accuracy (runs with val_fraction or val_size),
-    the test accuracy of the epoch with the best held-out accuracy (early stopping without a clean label), and
-    the lowest selection precision of the epochs that split (selected fraction < 1), the figure a split
-    that decays over training is judged by."""
-    from casam.train import held_out_pick, read_metrics
-
-    epochs = read_metrics(path)
+def epoch_figures(epochs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """From a run's per-epoch metrics rows (`casam.train.read_metrics`): the last held-out noisy accuracy
+    (runs with val_fraction or val_size), the test accuracy of the epoch with the best held-out accuracy
+    (early stopping without a clean label), and the lowest selection precision of the epochs that split
+    (selected fraction < 1), the figure a split that decays over training is judged by."""
+    from casam.train import held_out_pick
 
     def finite(v):
         return isinstance(v, (int, float)) and math.isfinite(v)

@@ -14,7 +14,7 @@ import torch
 from casam import checkpoint
 from casam.cli import main
 from casam.config import resolve
-from casam.train import TrainingDiverged, train
+from casam.train import TrainingDiverged, read_metrics, train
 
 TIMING = ("epoch_time_s", "samples_per_s", "data_fraction")
 
@@ -206,7 +206,7 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
 def test_held_out_best_epoch_is_reported_and_its_network_kept(tmp_path, capsys):
     """With held-out noisy data the summary names the epoch it picks (no clean label needed) and
     best_model.pt holds that epoch's network: reloaded, it scores the held-out part as logged."""
-    from casam.bench import _from_epochs
+    from casam.bench import epoch_figures
     from casam.data import BatchLoader
     from casam.metrics import eval_scores, eval_sums
     from casam.models import build_model
@@ -227,7 +227,7 @@ def test_held_out_best_epoch_is_reported_and_its_network_kept(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["val_best_epoch"] == chosen["epoch"] and summary["val_best_test_acc"] == chosen["test_acc"]
     assert f"at epoch {chosen['epoch']}: test accuracy there" in capsys.readouterr().out
-    assert _from_epochs(out / "metrics.jsonl")["val_pick_acc"] == chosen["test_acc"]  # casam bench's column agrees
+    assert epoch_figures(read_metrics(out / "metrics.jsonl"))["val_pick_acc"] == chosen["test_acc"]  # casam bench's column agrees
     # SGD has no history: its suspects come from the picked network, which finds more mislabelled samples
     # than the last one could (that one predicts `memorization` of them as their wrong label)
     assert summary["suspects_recall"] > 1 - history[-1]["memorization"] + 0.2
