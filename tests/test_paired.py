@@ -156,3 +156,12 @@ def test_reproduces_gce_round_from_the_committed_runs(paired):
     assert round(low["mean_d"], 2) == -3.57 and all(row["d"] < 0 for row in low["rows"])
     assert (round(high["mean_d"], 2), round(high["setting_means"]["instance-0.4"], 2), round(high["guard"]["d"], 2)) == (-0.19, -1.13, 1.71)
     assert not high["a"] and not high["b"] and high["c"] and low["verdict"] == high["verdict"] == "keep"
+
+
+def test_reproduces_round_14_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
+    result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
+                            "casam+ce@switch-lambda0.5-rho0.1", pairs=["symmetric-0.5:100-104"], guard=None)
+    assert result["n"] == 5 and all(row["d"] < 0 for row in result["rows"])
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2)) == (-0.25, 0.18)
+    assert not result["b"] and result["verdict"] == "keep"
