@@ -319,13 +319,13 @@ def test_method_names_and_only_patterns(tmp_path):
 def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     grid = load_grid(GRID)
     runs = expand_grid(grid, out=tmp_path)
-    assert len(runs) == 6 * 13 * 3
+    assert len(runs) == 6 * 14 * 3
     assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
     assert [m for m in grid.methods if "@" not in m] == [
         "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr",
     ]
     # and the paper's CA-SAM (the defaults before round 9) and round 9's beside CA-SAM's and CA-SAM+ELR's defaults
-    assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda0.5"]
+    assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda0.5", "sgd+sce@alpha0.1"]
     for run in runs:  # the same budget for every method
         c = run.config
         assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
