@@ -337,8 +337,10 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
             default = (0.5, 0.6667, 1.0 if c.loss == "elr" else 0.5)
             expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0), "lambda0.5": (0.5, 0.6667, 0.5)}.get(run.method.partition("@")[2], default)
             assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
+        if c.loss == "sce":  # SCE's alpha as the baselines' tuning round 3 chose it; @alpha0.1 the published value
+            assert c.sce_alpha == (None if run.method == "sgd+sce@alpha0.1" else 0.01)
     quick = expand_grid(grid, out=tmp_path, quick=True)
-    assert len(quick) == 6 * 13 and {r.seed for r in quick} == {0}
+    assert len(quick) == 6 * 14 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
 
 
