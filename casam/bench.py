@@ -647,11 +647,17 @@ def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
     if parts["loss"] != "ce":
         from casam.losses import PUBLISHED
 
-        # as casam.train builds the loss: CIFAR-100's published values on CIFAR-100, CIFAR-10's otherwise
-        for preset in dict.fromkeys("cifar100" if r["dataset"] == "cifar100" else "cifar10" for r in rows if r["method"] == method):
-            values = ", ".join(f"{k} {v}" for k, v in PUBLISHED[parts["loss"]][preset].items())
-            shown.append(f"{parts['loss'].upper()} {values} (published {preset.upper().replace('CIFAR', 'CIFAR-')} values)")
-    return ", ".join(shown) or "–"
+        # the values the loss was built with (as casam.train does): the published preset, then what the run gave
+        for config in dict.fromkeys(json.dumps(r["config"], sort_keys=True) for r in rows if r["method"] == method):
+            run = TrainConfig.from_dict(json.loads(config))
+            preset, given = run.loss_preset(), run.loss_options()
+            values = ", ".join(f"{k} {v:g}" for k, v in {**PUBLISHED[parts["loss"]][preset], **given}.items())
+            source = f"published {preset.upper().replace('CIFAR', 'CIFAR-')} values"
+            if given:
+                rest = "" if set(given) == set(PUBLISHED[parts["loss"]][preset]) else f"; otherwise the {source}"
+                source = f"{', '.join(given)} given{rest}"
+            shown.append(f"{parts['loss'].upper()} {values} ({source})")
+    return ", ".join(dict.fromkeys(shown)) or "–"
 
 
 def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str], *, unfinished: int) -> str:

@@ -376,3 +376,15 @@ def test_shipped_grids_match_the_runs_they_published(grid, out):
     published = [r for r in runs if (r.run_dir / "config.yaml").is_file()]
     assert len(published) >= 10  # the folders are there to compare with
     check_run_folders(published)
+
+
+def test_report_states_the_loss_settings_each_run_trained_with(tmp_path):
+    """A loss option given in the grid is what the methods table shows, not the published default."""
+    runs = REPO / "docs" / "baselines-tuning" / "runs" / "symmetric-0.5"
+    for method in ("sgd+sce", "sgd+sce@alpha0.01", "sgd+gce@q0.9"):
+        shutil.copytree(runs / method, tmp_path / "runs" / "symmetric-0.5" / method)
+    main(["bench", "--grid", str(REPO / "benchmarks" / "baselines-tuning.yaml"), "--out", str(tmp_path), "--report-only", "--no-progress"])
+    table = (tmp_path / "table.md").read_text()
+    assert "| sgd+sce | SCE alpha 0.1, beta 1 (published CIFAR-10 values) |" in table
+    assert "| sgd+sce@alpha0.01 | SCE alpha 0.01, beta 1 (alpha given; otherwise the published CIFAR-10 values) |" in table
+    assert "| sgd+gce@q0.9 | GCE q 0.9 (q given) |" in table
