@@ -165,3 +165,13 @@ def test_reproduces_round_14_from_the_committed_runs(paired):
     assert result["n"] == 5 and all(row["d"] < 0 for row in result["rows"])
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2)) == (-0.25, 0.18)
     assert not result["b"] and result["verdict"] == "keep"
+
+
+def test_reproduces_sce_round_from_the_committed_runs(paired):
+    """docs/benchmarks.md, "The baselines' settings", round 3: SCE's alpha 0.01 adopted, alpha 1 out."""
+    runs = ROOT / "docs" / "baselines-tuning" / "runs"
+    high = paired.compare(runs, "sgd+sce", "sgd+sce@alpha1", pairs=["symmetric-0.5:100-104"], guard=None)
+    low = paired.compare(runs, "sgd+sce", "sgd+sce@alpha0.01")
+    assert round(high["mean_d"], 2) == -3.65 and all(row["d"] < 0 for row in high["rows"]) and high["verdict"] == "keep"
+    assert (round(low["mean_d"], 3), round(low["two_se"], 2), round(low["guard"]["d"], 2)) == (0.735, 0.2, 1.73)
+    assert low["n"] == 11 and all(row["d"] > 0 for row in low["rows"]) and low["verdict"] == "adopt"
