@@ -648,8 +648,7 @@ def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
         from casam.losses import PUBLISHED
 
         # the values the loss was built with (as casam.train does): the published preset, then what the run gave
-        for config in dict.fromkeys(json.dumps(r["config"], sort_keys=True) for r in rows if r["method"] == method):
-            run = TrainConfig.from_dict(json.loads(config))
+        for run in (TrainConfig.from_dict(dict(r["config"])) for r in rows if r["method"] == method):
             preset, given = run.loss_preset(), run.loss_options()
             values = ", ".join(f"{k} {v:g}" for k, v in {**PUBLISHED[parts["loss"]][preset], **given}.items())
             source = f"published {preset.upper().replace('CIFAR', 'CIFAR-')} values"
