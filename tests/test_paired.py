@@ -175,3 +175,13 @@ def test_reproduces_sce_round_from_the_committed_runs(paired):
     assert round(high["mean_d"], 2) == -3.65 and all(row["d"] < 0 for row in high["rows"]) and high["verdict"] == "keep"
     assert (round(low["mean_d"], 3), round(low["two_se"], 2), round(low["guard"]["d"], 2)) == (0.735, 0.2, 1.73)
     assert low["n"] == 11 and all(row["d"] > 0 for row in low["rows"]) and low["verdict"] == "adopt"
+
+
+def test_reproduces_round_15_screening_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 18: beta 0.97 behind on average (out), gmm ahead but not beyond 2 SE."""
+    runs, base = ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5"
+    beta = paired.compare(runs, base, "casam+ce@switch-lambda0.5-beta0.97", pairs=["symmetric-0.5:100-104"], guard=None)
+    gmm = paired.compare(runs, base, "casam+ce@switch-lambda0.5-gmm", pairs=["symmetric-0.5:100-104"], guard=None)
+    assert (round(beta["mean_d"], 2), beta["b"]) == (-0.06, False)
+    assert (round(gmm["mean_d"], 2), round(gmm["two_se"], 2), gmm["a"], gmm["b"]) == (0.11, 0.15, False, True)
+    assert sum(row["d"] > 0 for row in gmm["rows"]) == 4
