@@ -648,12 +648,13 @@ def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
         from casam.losses import PUBLISHED
 
         # the values the loss was built with (as casam.train does): the published preset, then what the run gave
-        for run in (TrainConfig.from_dict(dict(r["config"])) for r in rows if r["method"] == method):
+        for run in (TrainConfig.from_dict(r["config"]) for r in rows if r["method"] == method):
             preset, given = run.loss_preset(), run.loss_options()
-            values = ", ".join(f"{k} {v:g}" for k, v in {**PUBLISHED[parts["loss"]][preset], **given}.items())
+            published = PUBLISHED[parts["loss"]][preset]
+            values = ", ".join(f"{k} {v:g}" for k, v in {**published, **given}.items())
             source = f"published {preset.upper().replace('CIFAR', 'CIFAR-')} values"
             if given:
-                rest = "" if set(given) == set(PUBLISHED[parts["loss"]][preset]) else f"; otherwise the {source}"
+                rest = "" if set(given) == set(published) else f"; otherwise the {source}"
                 source = f"{', '.join(given)} given{rest}"
             shown.append(f"{parts['loss'].upper()} {values} ({source})")
     return ", ".join(dict.fromkeys(shown)) or "–"
