@@ -17,6 +17,10 @@ Prints the docs' table rows (held-out and test accuracy, the lowest selection pr
 its last recall and memorisation, for both methods), the per-setting means, each condition with its
 figures, and as its last line a JSON object with the same figures and `verdict`: "adopt", "keep" or
 "pending" (a pair or the guard not finished: run folders count once their summary.json exists).
+
+`--default-runs` takes the default's runs from another report (CA-SAM+SCE in docs/casam-tuning against
+SGD+SCE in docs/baselines-tuning); two runs are paired only if their configs draw the same held-out
+images (`HELD_OUT_KEYS`), which the tuning reports share by construction.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ import sys
 from pathlib import Path
 
 from casam.bench import epoch_figures
+from casam.config import load_yaml
 from casam.train import read_metrics
 
 ROUNDS_PAIRS = ["symmetric-0.5:100-104", "asymmetric-0.4:100-102", "instance-0.4:100-102"]
 ROUNDS_GUARD = "symmetric-0.8:100"
+# What decides a run's training subset, its held-out images and their noisy labels (casam.data, casam.noise).
+HELD_OUT_KEYS = ("dataset", "train_subset", "val_size", "val_fraction", "noise", "noise_seed", "seed")
 
 
 def parse_pairs(spec: str) -> tuple[str, list[int]]:
@@ -69,15 +76,35 @@ def run_figures(folder: Path) -> dict | None:
             "recall": pct(last.get("sel_recall")), "memorization": pct(last.get("memorization"))}
 
 
+def check_same_held_out(base: Path, cand: Path) -> None:
+    """Refuse a pair whose runs were not scored on the same held-out images (ValueError)."""
+    configs = [load_yaml(folder / "config.yaml") if (folder / "config.yaml").exists() else None
+               for folder in (base, cand)]
+    if None in configs:
+        return  # a folder without its config (the tests' synthetic runs): nothing to compare
+    differ = [key for key in HELD_OUT_KEYS if configs[0].get(key) != configs[1].get(key)]
+    if differ:
+        raise ValueError(f"{base} and {cand} do not share their held-out images: {', '.join(differ)} differ")
+
+
 def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUNDS_PAIRS,
             guard: str | None = ROUNDS_GUARD, guard_default: str | None = None,
             guard_margin: float = 1.0, default_for: list[tuple[str, str]] = (),
-            candidate_for: list[tuple[str, str]] = ()) -> dict:
+            candidate_for: list[tuple[str, str]] = (), default_runs: Path | None = None) -> dict:
     """The rule's figures for `candidate` against `default` under `runs/<noise>/<method>/seed<k>`.
 
     default_for, candidate_for: (pairs spec, method) for pairs whose runs sit under another name
     (rounds 9-10 reuse round 8's `casam+ce@mu0.5` runs at symmetric 50 %, seeds 100-102).
+    default_runs: the default's (and the guard default's) runs folder, if not `runs`.
     """
+    default_root = default_runs or runs
+
+    def pair_figures(base_folder: Path, cand_folder: Path):
+        base, cand = run_figures(base_folder), run_figures(cand_folder)
+        if base is not None and cand is not None:
+            check_same_held_out(base_folder, cand_folder)
+        return base, cand
+
     def named(overrides: list[tuple[str, str]]) -> dict[tuple[str, int], str]:
         return {(noise, seed): method for spec, method in overrides for noise, seeds in [parse_pairs(spec)] for seed in seeds}
 
@@ -86,8 +113,8 @@ def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUN
     for spec in pairs:
         noise, seeds = parse_pairs(spec)
         for seed in seeds:
-            base = run_figures(runs / noise / default_at.get((noise, seed), default) / f"seed{seed}")
-            cand = run_figures(runs / noise / candidate_at.get((noise, seed), candidate) / f"seed{seed}")
+            base, cand = pair_figures(default_root / noise / default_at.get((noise, seed), default) / f"seed{seed}",
+                                      runs / noise / candidate_at.get((noise, seed), candidate) / f"seed{seed}")
             if base is None or cand is None:
                 pending.append(f"{noise}/seed{seed}")
                 continue
@@ -107,8 +134,8 @@ def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUN
         noise, seeds = parse_pairs(guard)
         if len(seeds) != 1:
             raise ValueError(f"the guard is one run, got {guard!r}")
-        base = run_figures(runs / noise / (guard_default or default) / f"seed{seeds[0]}")
-        cand = run_figures(runs / noise / candidate / f"seed{seeds[0]}")
+        base, cand = pair_figures(default_root / noise / (guard_default or default) / f"seed{seeds[0]}",
+                                  runs / noise / candidate / f"seed{seeds[0]}")
         if base is None or cand is None:
             pending.append(f"{noise}/seed{seeds[0]} (guard)")
             result["guard"], result["c"] = None, False
@@ -154,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, help="a bench report's runs folder (docs/casam-tuning/runs)")
     parser.add_argument("--default", required=True, help="the method that stays unless the rule says otherwise")
+    parser.add_argument("--default-runs", type=Path, help="the default's runs folder, if another report's (default: RUNS)")
     parser.add_argument("--candidate", required=True)
     parser.add_argument("--pairs", nargs="+", default=ROUNDS_PAIRS, help="noise:first-last seed (default: rounds 9-12's 11 pairs)")
     parser.add_argument("--guard", default=ROUNDS_GUARD, help="noise:seed, or 'none'")
@@ -165,14 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--candidate-for", nargs=2, action="append", default=[], metavar=("PAIRS", "METHOD"),
                         help="the candidate's runs for these pairs are under METHOD (repeatable)")
     args = parser.parse_args(argv)
-    if not args.runs.is_dir():
-        parser.error(f"no runs folder {args.runs}")
+    for folder in (args.runs, args.default_runs):
+        if folder is not None and not folder.is_dir():
+            parser.error(f"no runs folder {folder}")
     try:
         result = compare(args.runs, args.default, args.candidate, pairs=args.pairs,
                          guard=None if args.guard == "none" else args.guard,
                          guard_default=args.guard_default, guard_margin=args.guard_margin,
                          default_for=[tuple(x) for x in args.default_for],
-                         candidate_for=[tuple(x) for x in args.candidate_for])
+                         candidate_for=[tuple(x) for x in args.candidate_for], default_runs=args.default_runs)
     except ValueError as err:
         parser.error(str(err))
     print("\n".join(table(result, tuple(args.labels or (args.default, args.candidate)))))

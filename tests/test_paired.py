@@ -185,3 +185,25 @@ def test_reproduces_round_15_screening_from_the_committed_runs(paired):
     assert (round(beta["mean_d"], 2), beta["b"]) == (-0.06, False)
     assert (round(gmm["mean_d"], 2), round(gmm["two_se"], 2), gmm["a"], gmm["b"]) == (0.11, 0.15, False, True)
     assert sum(row["d"] > 0 for row in gmm["rows"]) == 4
+
+
+
+def test_default_from_another_report_pairs_only_runs_on_the_same_held_out_images(paired, tmp_path, capsys):
+    other, runs = tmp_path / "other", tmp_path / "runs"
+    write_run(other, "symmetric-0.5", "base", 100, 0.40)
+    write_run(runs, "symmetric-0.5", "cand", 100, 0.43)
+    config = "dataset: fashion-mnist\ntrain_subset: 10000\nval_size: 10000\nnoise: symmetric:0.5\nseed: 100\nlr: {lr}\n"
+    (other / "symmetric-0.5" / "base" / "seed100" / "config.yaml").write_text(config.format(lr=0.02))
+    cand_config = runs / "symmetric-0.5" / "cand" / "seed100" / "config.yaml"
+    cand_config.write_text(config.format(lr=0.05))  # other training options may differ
+    result = paired.compare(runs, "base", "cand", pairs=["symmetric-0.5:100"], guard=None, default_runs=other)
+    assert result["n"] == 1 and result["mean_d"] == pytest.approx(3.0)
+    # without default_runs the default's runs are looked for beside the candidate's, where there are none
+    assert paired.compare(runs, "base", "cand", pairs=["symmetric-0.5:100"], guard=None)["verdict"] == "pending"
+    cand_config.write_text(config.format(lr=0.02).replace("val_size: 10000", "val_size: 5000"))
+    with pytest.raises(ValueError, match="val_size differ"):
+        paired.compare(runs, "base", "cand", pairs=["symmetric-0.5:100"], guard=None, default_runs=other)
+    with pytest.raises(SystemExit):
+        paired.main([str(runs), "--default", "base", "--candidate", "cand", "--pairs", "symmetric-0.5:100",
+                     "--guard", "none", "--default-runs", str(other)])
+    assert "do not share their held-out images: val_size differ" in capsys.readouterr().err
