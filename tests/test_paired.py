@@ -187,6 +187,14 @@ def test_reproduces_round_15_screening_from_the_committed_runs(paired):
     assert sum(row["d"] > 0 for row in gmm["rows"]) == 4
 
 
+def test_reproduces_round_15_gaussian_mixture_over_the_11_pairs(paired):
+    """docs/casam-split.md, finding 19: the mixture behind under asymmetric noise, so agreement stays."""
+    gmm = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5", "casam+ce@switch-lambda0.5-gmm")
+    assert gmm["n"] == 11 and gmm["verdict"] == "keep" and not gmm["a"] and not gmm["b"] and gmm["c"]
+    assert {noise: round(value, 2) for noise, value in gmm["setting_means"].items()} == {
+        "symmetric-0.5": 0.11, "asymmetric-0.4": -0.71, "instance-0.4": -0.09}
+    assert round(gmm["mean_d"], 2) == -0.17 and round(gmm["guard"]["d"], 2) == -0.14
+
 
 def test_default_from_another_report_pairs_only_runs_on_the_same_held_out_images(paired, tmp_path, capsys):
     other, runs = tmp_path / "other", tmp_path / "runs"
