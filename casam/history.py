@@ -22,10 +22,20 @@ Criteria for "likely clean" (`criterion=`):
 | `small-loss` | l_i is among the lowest fraction r of the l_j with the same given label  | `refresh()`  |
 | `gmm`        | P(low-mean component) > 0.5 under a 2-component Gaussian mixture fitted   | `refresh()`  |
 |              | to the min-max normalised l_i of all visited samples (scikit-learn)       |              |
+| `class-thresholds` | no class j != y_i is the likeliest of the classes with h_i[j] >= t_j, | every step,  |
+|              | t_j = mean h_k[j] over the visited samples k labelled j                   | t: `refresh()` |
 
 The two global criteria need the whole data set, so `refresh()` computes them once per epoch (CASAM
 calls it in `set_epoch` when the history changed since the last refresh; call it yourself otherwise)
 and `clean_mask` reads the cached flags. Before the first refresh every sample is flagged clean.
+
+class-thresholds is confident learning's rule (Northcutt et al., "Confident Learning", JAIR 2021) on
+the history: a class counts for sample i only if h_i reaches that class's own average self-confidence,
+and the sample is flagged only if such a class other than its label is the likeliest of them (no class
+reaching its threshold: no evidence, clean). Why: agreement holds every class to the same bar, so a
+class the network finds hard (Fashion-MNIST's shirts, whose clean samples it mostly calls T-shirts
+early on) loses most of its clean samples to the likely-noisy side; a per-class bar is lower exactly
+there. The thresholds t (C,) are refreshed once per epoch (`refresh()`); the split uses each step's h.
 
 small-loss's r: `clean_fraction` if given, else 1 - the estimated noise rate, estimated at each
 refresh as the fraction of visited samples whose historical prediction disagrees with the given label
@@ -60,7 +70,7 @@ from torch import Tensor
 
 __all__ = ["SampleHistory", "CRITERIA"]
 
-CRITERIA = ("agreement", "confidence", "small-loss", "gmm")
+CRITERIA = ("agreement", "confidence", "small-loss", "gmm", "class-thresholds")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -135,6 +145,7 @@ class SampleHistory:
         self.counts = torch.zeros(num_samples, dtype=torch.int32, device=self.device)
         self.labels = torch.zeros(num_samples, dtype=torch.int64, device=self.device)
         self.flags = torch.ones(num_samples, dtype=torch.bool, device=self.device)
+        self.thresholds: Tensor | None = None  # (C,) class-thresholds' t, set by refresh()
         self.noise_rate: float | None = None
         self.stale = False  # updated since the last refresh()
 
@@ -237,6 +248,13 @@ class SampleHistory:
             clean = self.probs[idx].argmax(dim=1) == y
         elif self.criterion == "confidence":
             clean = self.mean_probs(idx).gather(1, y[:, None]).squeeze(1) >= self.tau
+        elif self.criterion == "class-thresholds":
+            if self.thresholds is None:
+                return torch.ones(len(idx), dtype=torch.bool, device=self.device)
+            h = self.mean_probs(idx)
+            reached = h >= self.thresholds
+            likeliest = h.masked_fill(~reached, -1.0).argmax(dim=1)
+            clean = ~reached.any(dim=1) | (likeliest == y)
         else:
             clean = self.flags[idx]
         return clean | (self.counts[idx] == 0)
@@ -244,7 +262,7 @@ class SampleHistory:
     # ------------------------------------------------------------------ per epoch
     @torch.no_grad()
     def refresh(self) -> None:
-        """Recompute the data-set-wide quantities: the noise-rate estimate and the small-loss/gmm flags.
+        """Recompute the data-set-wide quantities: the noise-rate estimate, the small-loss/gmm flags, class-thresholds' t.
 
         Call once per epoch (cost: one pass over N values, plus a scikit-learn fit on N floats for gmm).
         """
@@ -252,8 +270,7 @@ class SampleHistory:
         visited = (self.counts > 0).nonzero().squeeze(1)
         flags = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
         if visited.numel() == 0:
-            self.noise_rate = None
-            self.flags = flags
+            self.noise_rate, self.flags, self.thresholds = None, flags, None
             return
         agree = (self.probs[visited].argmax(dim=1) == self.labels[visited]).float().mean().item()
         self.noise_rate = 1.0 - agree
@@ -264,7 +281,17 @@ class SampleHistory:
             keep, noise_rate = self._gmm(self.mean_losses(visited))
             flags[visited] = keep
             self.noise_rate = noise_rate
+        elif self.criterion == "class-thresholds":
+            self.thresholds = self._class_thresholds(self.mean_probs(visited), self.labels[visited])
         self.flags = flags
+
+    def _class_thresholds(self, h: Tensor, labels: Tensor) -> Tensor:
+        """(C,) t_c = mean of h_k[c] over the samples labelled c; inf for a class no sample is labelled
+        (it can never count)."""
+        self_confidence = h.gather(1, labels[:, None]).squeeze(1)
+        total = torch.zeros(self.num_classes, device=h.device).index_add_(0, labels, self_confidence)
+        count = torch.bincount(labels, minlength=self.num_classes).float()
+        return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("inf")))
 
     def _small_loss(self, loss: Tensor, labels: Tensor, r: float) -> Tensor:
         """Per class c with n_c samples, keep the round(r * n_c) lowest losses (ties: lower position first)."""
@@ -298,6 +325,7 @@ class SampleHistory:
         return {
             "probs": self.probs.clone(), "losses": self.losses.clone(), "counts": self.counts.clone(),
             "labels": self.labels.clone(), "flags": self.flags.clone(), "noise_rate": self.noise_rate, "stale": self.stale,
+            "thresholds": None if self.thresholds is None else self.thresholds.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -316,3 +344,5 @@ class SampleHistory:
             getattr(self, name).copy_(state[name])
         self.noise_rate = state.get("noise_rate")
         self.stale = bool(state.get("stale", False))
+        thresholds = state.get("thresholds")  # absent in checkpoints from before class-thresholds
+        self.thresholds = None if thresholds is None else thresholds.to(self.device, torch.float32)

@@ -71,6 +71,29 @@ def test_agreement_and_confidence_on_a_hand_made_history():
     assert strict.clean_mask(batch, y).tolist() == [False, False, True, False, True]
 
 
+def test_class_thresholds_hold_each_class_to_its_own_average_self_confidence():
+    # class 2 is the hard one: its clean samples 4 and 7 are not argmax-agreeing, sample 1 is a class-1
+    # image labelled 0 that reaches class 1's bar
+    probs = [[0.9, 0.05, 0.05], [0.05, 0.92, 0.03], [0.05, 0.9, 0.05], [0.05, 0.9, 0.05],
+             [0.52, 0.01, 0.47], [0.3, 0.1, 0.6], [0.95, 0.03, 0.02], [0.6, 0.1, 0.3]]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 2])
+    h, agreement = SampleHistory(9, 3, criterion="class-thresholds"), SampleHistory(9, 3)
+    for history in (h, agreement):
+        set_history(history, probs, labels)
+    batch, y = torch.arange(9), torch.cat([labels, torch.tensor([1])])
+    assert h.clean_mask(batch, y).all()  # no thresholds before the first refresh: no evidence yet
+    h.refresh()
+    torch.testing.assert_close(h.thresholds, torch.tensor([(0.9 + 0.05 + 0.95) / 3, 0.9, (0.47 + 0.6 + 0.3) / 3]))
+    # sample 7 reaches no bar (no evidence: clean), sample 4 only its own; sample 8 never visited
+    assert h.clean_mask(batch, y).tolist() == [True, False, True, True, True, True, True, True, True]
+    assert agreement.clean_mask(batch, y).tolist() == [True, False, True, True, False, True, True, False, True]
+    agreement.refresh()
+    assert h.noise_rate == agreement.noise_rate == pytest.approx(3 / 8)  # the switch's estimate stays agreement's
+    other = SampleHistory(9, 3, criterion="class-thresholds")
+    other.load_state_dict(h.state_dict())
+    assert torch.equal(other.thresholds, h.thresholds) and torch.equal(other.clean_mask(batch, y), h.clean_mask(batch, y))
+
+
 def test_small_loss_per_class_with_given_fraction():
     h = SampleHistory(10, 2, criterion="small-loss", clean_fraction=0.5)
     labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]

@@ -38,7 +38,7 @@ HELP = {
     "sam_warmup": "SAM/ASAM epochs of plain base-optimizer steps before the perturbation starts",
     "warmup": "CA-SAM epochs before the clean/noisy split is used (C = B; radius --warmup-rho)",
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",
-    "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss or gmm",
+    "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss, gmm or class-thresholds",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update; "
     f"none: {NOISY_WEIGHT['elr']:g} with --loss elr, {NOISY_WEIGHT['*']:g} otherwise)",

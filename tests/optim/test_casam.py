@@ -256,11 +256,9 @@ def test_bad_input(tiny):
         opt.second_step(tiny.losses(model)[:5])
 
 
-def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
-    """Digits with 40 % symmetric label noise: after warm-up the split is far purer than the labels.
-
-    Measured (this seed): precision 0.98-0.99, recall 0.86-0.94 over epochs 3-6, accuracy 0.93.
-    """
+def split_on_noisy_digits(digits, criterion):
+    """CA-SAM on digits with 40 % symmetric label noise, 7 epochs (3 of warm-up): the split's precision
+    and recall over epochs 3-6 and the final accuracy on the true labels."""
     x, y_true = digits
     rng = np.random.default_rng(0)
     n = len(y_true)
@@ -272,7 +270,7 @@ def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
-    history = SampleHistory(n, 10, beta=0.5, criterion="agreement")
+    history = SampleHistory(n, 10, beta=0.5, criterion=criterion)
     opt = CASAM(model.parameters(), torch.optim.SGD, history=history, rho=0.05, lr=0.2, momentum=0.9, warmup_epochs=3, noisy_weight=0.2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=7)
     selected, truth = [], []
@@ -290,11 +288,29 @@ def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
                     truth.append(truly_clean[idx])
             sched.step()
     selected, truth = torch.cat(selected), torch.cat(truth)
-    precision = float(truth[selected].float().mean())
-    recall = float(selected[truth].float().mean())
-    assert precision > 0.95 and recall > 0.8, (precision, recall)  # the labels themselves are 60 % clean
     model.eval()
-    assert float((model(x).argmax(1) == y_true).float().mean()) > 0.88
+    accuracy = float((model(x).argmax(1) == y_true).float().mean())
+    return float(truth[selected].float().mean()), float(selected[truth].float().mean()), accuracy
+
+
+def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
+    """After warm-up the split is far purer than the labels (60 % clean).
+
+    Measured (this seed): precision 0.985, recall 0.90 over epochs 3-6, accuracy 0.93.
+    """
+    precision, recall, accuracy = split_on_noisy_digits(digits, "agreement")
+    assert precision > 0.95 and recall > 0.8 and accuracy > 0.88, (precision, recall, accuracy)
+
+
+def test_class_thresholds_admit_more_of_the_clean_samples_than_agreement(digits):
+    """A per-class bar keeps the clean samples of the classes the network is least sure of.
+
+    Measured (this seed): recall 0.928 against agreement's 0.900, precision 0.955 against 0.985.
+    """
+    agreement = split_on_noisy_digits(digits, "agreement")
+    thresholds = split_on_noisy_digits(digits, "class-thresholds")
+    assert thresholds[1] > agreement[1] + 0.01, (thresholds, agreement)
+    assert 0.93 < thresholds[0] < agreement[0] and thresholds[2] > 0.88, (thresholds, agreement)
 
 
 def test_noisy_target_history_trains_the_doubted_samples_on_their_historical_prediction(tiny, same_params):
