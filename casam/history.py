@@ -241,6 +241,23 @@ class SampleHistory:
         return self.probs[indices.to(self.device, torch.int64)].argmax(dim=1)
 
     @torch.no_grad()
+    def suggested_labels(self, indices: Tensor) -> Tensor:
+        """(B,) int64: the label the criterion's evidence points to: argmax h_i, or under class-thresholds
+        (once refreshed) the likeliest class that reaches its bar, so a flagged sample never gets its own
+        label suggested."""
+        idx = indices.to(self.device, torch.int64)
+        if self.criterion == "class-thresholds" and self.thresholds is not None:
+            likeliest, reached_any = self._likeliest_reached(idx)
+            return torch.where(reached_any, likeliest, self.predictions(idx))
+        return self.predictions(idx)
+
+    def _likeliest_reached(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """class-thresholds: (likeliest class with h_i[j] >= t_j, whether any class reaches its bar)."""
+        h = self.mean_probs(idx)
+        reached = h >= self.thresholds
+        return h.masked_fill(~reached, -1.0).argmax(dim=1), reached.any(dim=1)
+
+    @torch.no_grad()
     def clean_mask(self, indices: Tensor, labels: Tensor) -> Tensor:
         """(B,) bool: which samples of the batch are likely clean under the criterion (unvisited: True)."""
         idx, y = self._check_batch(indices, labels)
@@ -251,10 +268,8 @@ class SampleHistory:
         elif self.criterion == "class-thresholds":
             if self.thresholds is None:
                 return torch.ones(len(idx), dtype=torch.bool, device=self.device)
-            h = self.mean_probs(idx)
-            reached = h >= self.thresholds
-            likeliest = h.masked_fill(~reached, -1.0).argmax(dim=1)
-            clean = ~reached.any(dim=1) | (likeliest == y)
+            likeliest, reached_any = self._likeliest_reached(idx)
+            clean = ~reached_any | (likeliest == y)
         else:
             clean = self.flags[idx]
         return clean | (self.counts[idx] == 0)

@@ -338,10 +338,11 @@ def find_suspects(learner, train_set: NoisyDataset, *, batch_size: int, autocast
     """Which training samples look mislabelled, after training.
 
     With CA-SAM the verdict is its history's: a sample outside the likely-clean set is a suspect, and
-    its suggested label is the argmax of its averaged outputs. Other methods have no history, so one
+    its suggested label is the class its history points to. Other methods have no history, so one
     pass of the learner's network over the (unaugmented) training set decides (the caller loads the
     held-out pick into it: the last epoch's has fitted more wrong labels): a suspect is a sample it
-    predicts as another class. Returns (N,) tensors: suspect (bool), suggested label, p(given label).
+    predicts as another class. Returns (N,) tensors: suspect (bool), suggested label (the history's
+    `suggested_labels`, or the network's prediction), p(given label).
     """
     optimizer = getattr(learner, "optimizer", None)
     labels = train_set.labels.to(train_set.images.device)
@@ -350,6 +351,7 @@ def find_suspects(learner, train_set: NoisyDataset, *, batch_size: int, autocast
         idx = torch.arange(len(train_set), device=history.probs.device)
         probs = history.mean_probs(idx)
         suspect = ~history.clean_mask(idx, labels.to(idx.device))
+        suggested = history.suggested_labels(idx)
     else:
         model = learner.eval_model
         was_training = model.training
@@ -359,9 +361,10 @@ def find_suspects(learner, train_set: NoisyDataset, *, batch_size: int, autocast
             for x, _, _ in BatchLoader(train_set, batch_size=batch_size, shuffle=False)
         ])
         model.train(was_training)
-        suspect = probs.argmax(1) != labels.to(probs.device)
+        suggested = probs.argmax(1)
+        suspect = suggested != labels.to(probs.device)
     given_prob = probs.gather(1, labels.to(probs.device)[:, None]).squeeze(1)
-    return {"suspect": suspect.cpu(), "suggested": probs.argmax(1).cpu(), "p_given": given_prob.cpu()}
+    return {"suspect": suspect.cpu(), "suggested": suggested.cpu(), "p_given": given_prob.cpu()}
 
 
 def _forward(model, x, autocast):

@@ -89,6 +89,9 @@ def test_class_thresholds_hold_each_class_to_its_own_average_self_confidence():
     assert agreement.clean_mask(batch, y).tolist() == [True, False, True, True, False, True, True, False, True]
     agreement.refresh()
     assert h.noise_rate == agreement.noise_rate == pytest.approx(3 / 8)  # the switch's estimate stays agreement's
+    # the suggested label is the class that reached its bar (sample 1: class 1), argmax where none did (7)
+    assert h.suggested_labels(batch[:8]).tolist() == [0, 1, 1, 1, 2, 2, 0, 0]
+    assert agreement.suggested_labels(batch[:8]).tolist() == h.predictions(batch[:8]).tolist() == [0, 1, 1, 1, 0, 2, 0, 0]
     other = SampleHistory(9, 3, criterion="class-thresholds")
     other.load_state_dict(h.state_dict())
     assert torch.equal(other.thresholds, h.thresholds) and torch.equal(other.clean_mask(batch, y), h.clean_mask(batch, y))
