@@ -35,7 +35,8 @@ and the sample is flagged only if such a class other than its label is the likel
 reaching its threshold: no evidence, clean). Why: agreement holds every class to the same bar, so a
 class the network finds hard (Fashion-MNIST's shirts, whose clean samples it mostly calls T-shirts
 early on) loses most of its clean samples to the likely-noisy side; a per-class bar is lower exactly
-there. The thresholds t (C,) are refreshed once per epoch (`refresh()`); the split uses each step's h.
+there. The thresholds t (C,) are refreshed once per epoch (`refresh()`; before the first, everyone is
+clean); the split uses each step's h.
 
 small-loss's r: `clean_fraction` if given, else 1 - the estimated noise rate, estimated at each
 refresh as the fraction of visited samples whose historical prediction disagrees with the given label
