@@ -40,8 +40,9 @@ LOSS_OPTIONS = {
 
 # CA-SAM's lambda when none is given, by loss (docs/casam-split.md): 0.5 from round 10 (chosen with
 # cross-entropy); 1 with ELR from round 12, whose own term already keeps the likely-noisy samples off
-# their given labels, so halving their pull only slows the hard clean ones.
-NOISY_WEIGHT = {"*": 0.5, "elr": 1.0}
+# their given labels, so halving their pull only slows the hard clean ones; 1 with SCE from round 16
+# (measured at alpha 0.01), whose bounded loss already limits a wrong label's pull.
+NOISY_WEIGHT = {"*": 0.5, "elr": 1.0, "sce": 1.0}
 
 # option -> (the option that decides whether it applies, the values for which it does)
 _USED_BY = {

@@ -92,6 +92,7 @@ def test_a_loss_setting_for_another_loss_is_refused_and_published_values_are_the
 
 def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path):
     assert resolve(overrides={"loss": "elr"}).noisy_weight == 1.0  # round 12
+    assert resolve(overrides={"loss": "sce"}).noisy_weight == 1.0  # round 16
     assert resolve(overrides={"loss": "ce"}).noisy_weight == resolve(overrides={"loss": "gce"}).noisy_weight == 0.5
     assert resolve(overrides={"loss": "elr", "noisy_weight": "0.5"}).noisy_weight == 0.5  # a given value stays
     assert TrainConfig(loss="elr").noisy_weight is None and TrainConfig(loss="elr").validate().noisy_weight == 1.0

@@ -56,7 +56,7 @@ def test_a_loss_setting_given_on_the_command_line_is_the_one_trained_with(tmp_pa
 
 
 def test_casam_lambda_default_follows_the_loss(tmp_path):
-    """Round 12 of docs/casam-split.md: with ELR, CA-SAM's lambda defaults to 1, with any other loss to 0.5;
+    """Rounds 12 and 16 of docs/casam-split.md: with ELR (and SCE), CA-SAM's lambda defaults to 1, with CE to 0.5;
     the run trains with that value and its config.yaml records it (so a resume or a re-run repeats it)."""
     import yaml
 

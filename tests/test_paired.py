@@ -196,6 +196,19 @@ def test_reproduces_round_15_gaussian_mixture_over_the_11_pairs(paired):
     assert round(gmm["mean_d"], 2) == -0.17 and round(gmm["guard"]["d"], 2) == -0.14
 
 
+def test_reproduces_round_16_and_its_comparison_with_sgd_sce_across_reports(paired):
+    """docs/casam-split.md, finding 20: with SCE, lambda 1 ahead on all 11 pairs and at the guard; against
+    SGD+SCE (docs/baselines-tuning, the same held-out images) ahead at each setting, deciding nothing."""
+    runs = ROOT / "docs" / "casam-tuning" / "runs"
+    lam = paired.compare(runs, "casam+sce@switch-lambda0.5", "casam+sce@switch")
+    assert lam["verdict"] == "adopt" and all(row["d"] > 0 for row in lam["rows"]) and lam["n"] == 11
+    assert (round(lam["mean_d"], 2), round(lam["two_se"], 2), round(lam["guard"]["d"], 2)) == (1.75, 0.94, 1.59)
+    sce = paired.compare(runs, "sgd+sce@alpha0.01", "casam+sce@switch", default_runs=ROOT / "docs" / "baselines-tuning" / "runs")
+    assert {noise: round(value, 2) for noise, value in sce["setting_means"].items()} == {
+        "symmetric-0.5": 0.10, "asymmetric-0.4": 0.39, "instance-0.4": 0.0}
+    assert round(sce["guard"]["d"], 2) == 1.0 and round(sce["guard"]["candidate"]["test"], 1) == 75.7
+
+
 def test_default_from_another_report_pairs_only_runs_on_the_same_held_out_images(paired, tmp_path, capsys):
     other, runs = tmp_path / "other", tmp_path / "runs"
     write_run(other, "symmetric-0.5", "base", 100, 0.40)

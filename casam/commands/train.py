@@ -41,7 +41,8 @@ HELP = {
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss, gmm or class-thresholds",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update; "
-    f"none: {NOISY_WEIGHT['elr']:g} with --loss elr, {NOISY_WEIGHT['*']:g} otherwise)",
+    "none: " + ", ".join(f"{w:g} with --loss {loss}" for loss, w in NOISY_WEIGHT.items() if loss != "*")
+    + f", {NOISY_WEIGHT['*']:g} otherwise)",
     "perturb_from": "CA-SAM: clean (the method), noisy (a control: perturb from the likely-noisy samples) or confidence (no mask: each sample weighted by its history's probability of its given label)",
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_cutoff": "CA-SAM: mu 0 instead if the history's noise estimate after the warm-up is above this (none: mu always)",
