@@ -209,6 +209,17 @@ def test_reproduces_round_16_and_its_comparison_with_sgd_sce_across_reports(pair
     assert round(sce["guard"]["d"], 2) == 1.0 and round(sce["guard"]["candidate"]["test"], 1) == 75.7
 
 
+def test_reproduces_round_17_screening_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 21: class thresholds level-to-behind at symmetric 50 % (out), their
+    split less precise and more complete than agreement's on every seed."""
+    result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
+                            "casam+ce@switch-lambda0.5-classthr", pairs=["symmetric-0.5:100-104"], guard=None)
+    assert result["n"] == 5 and round(result["mean_d"], 2) == -0.01 and not result["b"]
+    for row in result["rows"]:
+        base, cand = row["default"], row["candidate"]
+        assert cand["lowest_precision"] < 87 < 96 < base["lowest_precision"] and cand["recall"] > base["recall"] + 2
+
+
 def test_default_from_another_report_pairs_only_runs_on_the_same_held_out_images(paired, tmp_path, capsys):
     other, runs = tmp_path / "other", tmp_path / "runs"
     write_run(other, "symmetric-0.5", "base", 100, 0.40)
