@@ -84,6 +84,7 @@ QUICK_DEFAULTS = {"epochs": 2, "train_subset": 500, "model": "mlp", "seeds": 1}
 NOT_COMPARED = ("out", "progress", "tensorboard", "device", "data_dir")
 METHOD_ORDER = (
     "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr",
+    "casam+sce",
 )  # fmt: skip
 BASELINE = "sgd+ce"  # the time ratio's denominator
 CSV_COLUMNS = (

@@ -319,10 +319,10 @@ def test_method_names_and_only_patterns(tmp_path):
 def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     grid = load_grid(GRID)
     runs = expand_grid(grid, out=tmp_path)
-    assert len(runs) == 6 * 14 * 3
+    assert len(runs) == 6 * 15 * 3
     assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
     assert [m for m in grid.methods if "@" not in m] == [
-        "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr",
+        "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr", "casam+sce",
     ]
     # and the paper's CA-SAM (the defaults before round 9) and round 9's beside CA-SAM's and CA-SAM+ELR's defaults
     assert [m for m in grid.methods if "@" in m] == ["casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda0.5", "sgd+sce@alpha0.1"]
@@ -333,14 +333,14 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
         )
         if c.optimizer != "sgd":  # each SAM-family method at its published radius (ASAM's is relative to |w|)
             assert c.rho == (0.5 if c.optimizer == "asam" else 0.05)
-        if c.optimizer == "casam":  # the defaults' switch and lambda (0.5, 1 with ELR); mu 0 and lambda 1 for the paper's CA-SAM
-            default = (0.5, 0.6667, 1.0 if c.loss == "elr" else 0.5)
+        if c.optimizer == "casam":  # the defaults' switch and lambda (0.5, 1 with ELR or SCE); mu 0 and lambda 1 for the paper's CA-SAM
+            default = (0.5, 0.6667, 1.0 if c.loss in ("elr", "sce") else 0.5)
             expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0), "lambda0.5": (0.5, 0.6667, 0.5)}.get(run.method.partition("@")[2], default)
             assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
         if c.loss == "sce":  # SCE's alpha as the baselines' tuning round 3 chose it; @alpha0.1 the published value
             assert c.sce_alpha == (None if run.method == "sgd+sce@alpha0.1" else 0.01)
     quick = expand_grid(grid, out=tmp_path, quick=True)
-    assert len(quick) == 6 * 14 and {r.seed for r in quick} == {0}
+    assert len(quick) == 6 * 15 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
 
 
