@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from casam.bench import epoch_figures
-from casam.config import load_yaml
+from casam.config import load_run_config
 from casam.train import read_metrics
 
 ROUNDS_PAIRS = ["symmetric-0.5:100-104", "asymmetric-0.4:100-102", "instance-0.4:100-102"]
@@ -78,7 +78,7 @@ def run_figures(folder: Path) -> dict | None:
 
 def check_same_held_out(base: Path, cand: Path) -> None:
     """Refuse a pair whose runs were not scored on the same held-out images (ValueError)."""
-    configs = [load_yaml(folder / "config.yaml") if (folder / "config.yaml").exists() else None
+    configs = [load_run_config(folder / "config.yaml") if (folder / "config.yaml").exists() else None
                for folder in (base, cand)]
     if None in configs:
         return  # a folder without its config (the tests' synthetic runs): nothing to compare

@@ -293,21 +293,27 @@ def split_on_noisy_digits(digits, criterion):
     return float(truth[selected].float().mean()), float(selected[truth].float().mean()), accuracy
 
 
-def test_selects_the_clean_samples_of_a_real_noisy_dataset(digits):
+@pytest.fixture(scope="module")
+def agreement_on_noisy_digits(digits):
+    """Agreement's split on noisy digits, trained once for the tests that compare against it."""
+    return split_on_noisy_digits(digits, "agreement")
+
+
+def test_selects_the_clean_samples_of_a_real_noisy_dataset(agreement_on_noisy_digits):
     """After warm-up the split is far purer than the labels (60 % clean).
 
     Measured (this seed): precision 0.985, recall 0.90 over epochs 3-6, accuracy 0.93.
     """
-    precision, recall, accuracy = split_on_noisy_digits(digits, "agreement")
+    precision, recall, accuracy = agreement_on_noisy_digits
     assert precision > 0.95 and recall > 0.8 and accuracy > 0.88, (precision, recall, accuracy)
 
 
-def test_class_thresholds_admit_more_of_the_clean_samples_than_agreement(digits):
+def test_class_thresholds_admit_more_of_the_clean_samples_than_agreement(digits, agreement_on_noisy_digits):
     """A per-class bar keeps the clean samples of the classes the network is least sure of.
 
     Measured (this seed): recall 0.928 against agreement's 0.900, precision 0.955 against 0.985.
     """
-    agreement = split_on_noisy_digits(digits, "agreement")
+    agreement = agreement_on_noisy_digits
     thresholds = split_on_noisy_digits(digits, "class-thresholds")
     assert thresholds[1] > agreement[1] + 0.01, (thresholds, agreement)
     assert 0.93 < thresholds[0] < agreement[0] and thresholds[2] > 0.88, (thresholds, agreement)
