@@ -630,9 +630,10 @@ def _setup_line(rows: list[dict[str, Any]]) -> str:
 METHOD_OPTIONS = {
     "sam": ("rho", "sam_warmup"),
     "asam": ("rho", "sam_warmup"),
-    "casam": ("rho", "warmup", "criterion", "history_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "min_clean"),
+    "casam": ("rho", "warmup", "criterion", "history_beta", "history_slow_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "min_clean"),
     "coteaching": ("forget_rate", "num_gradual"),
 }
+SHOWN_IF_SET = {"history_slow_beta"}  # options added after the published reports: printed only where a run sets them
 
 
 def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
@@ -644,6 +645,8 @@ def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
         value = " / ".join(values)
         if name == "forget_rate" and value == "None":
             value = "estimated"
+        if name in SHOWN_IF_SET and value == "None":
+            continue
         shown.append(f"{name} {value}")
     if parts["loss"] != "ce":
         from casam.losses import PUBLISHED

@@ -54,6 +54,7 @@ _USED_BY = {
     "criterion": ("optimizer", ("casam",)),
     "history_beta": ("optimizer", ("casam",)),
     "history_debias": ("optimizer", ("casam",)),
+    "history_slow_beta": ("optimizer", ("casam",)),
     "noisy_weight": ("optimizer", ("casam",)),
     "noisy_target": ("optimizer", ("casam",)),
     "perturb_from": ("optimizer", ("casam",)),
@@ -114,6 +115,7 @@ class TrainConfig:
     warmup_rho: float | None = 0.0  # CA-SAM's radius during warm-up; None: rho; 0: plain SGD steps (docs/casam-split.md)
     criterion: str = "agreement"
     history_beta: float = 0.9
+    history_slow_beta: float | None = None  # a second, slower memory that must also agree (agreement only; docs/casam-split.md round 18)
     noisy_weight: float | None = None  # lambda: the likely-noisy samples' weight in the update (1: the paper's); None: by loss, see NOISY_WEIGHT
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
@@ -193,6 +195,11 @@ class TrainConfig:
             raise ConfigError(f"warmup_rho must be >= 0; got {self.warmup_rho}")
         if not 0 <= self.history_beta < 1:
             raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
+        if self.history_slow_beta is not None:
+            if not self.history_beta < self.history_slow_beta < 1:
+                raise ConfigError(f"history_slow_beta must be in (history_beta, 1) = ({self.history_beta}, 1) or none; got {self.history_slow_beta}")
+            if self.criterion != "agreement":
+                raise ConfigError(f"history_slow_beta (a two-speed memory) works with criterion agreement only; got criterion {self.criterion}")
         if not 0 <= self.perturb_weight <= 1:
             raise ConfigError(f"perturb_weight (mu) must be in [0, 1]; got {self.perturb_weight}")
         if self.perturb_cutoff is not None and not 0 < self.perturb_cutoff <= 1:

@@ -47,6 +47,13 @@ weakness: once the network memorises wrong labels the estimate falls towards 0 a
 give `clean_fraction` when the noise rate is known. `noise_rate` holds the latest estimate (for gmm,
 the weight of the high-loss component).
 
+Two-speed memory (`slow_beta`, agreement only): a second EMA h_slow of the same outputs at a larger
+momentum, and a sample counts as clean only if both memories agree with its label (argmax h_i == y_i and
+argmax h_slow_i == y_i). Why: a network that memorises a wrong label convinces the fast memory within a
+few visits, the slow one only after many, so the flip is caught for longer; the price is that a clean
+sample learnt late also waits for the slow memory. The noise estimate stays the fast memory's. Measured
+effect: docs/casam-split.md (round 18).
+
 Why debias: with one visit per epoch, the first-visit rule gives the first epoch's output the weight
 beta^(n-1): 0.81 of h after three visits at beta 0.9, so the split after a short warm-up is mostly the
 verdict of a barely trained network. The bias-corrected mean weighs visit k by beta^(n-k) / sum, so the
@@ -56,7 +63,7 @@ Samples never visited count as clean: there is no evidence against them, and it 
 history (warm-up, a fresh run) behave like plain SAM. Indices in one `update` call are expected to be
 distinct (a sampler without replacement); with duplicates one of their values is kept.
 
-Memory: N x C x (2 bytes float16/bfloat16, 4 bytes float32) for h, plus N x 17 bytes for l (float32),
+Memory: N x C x (2 bytes float16/bfloat16, 4 bytes float32) for h (twice that with `slow_beta`), plus N x 17 bytes for l (float32),
 n (int32), y (int64) and the cached flags. The largest supported data set, CIFAR-100 (N = 50,000,
 C = 100): 20 MB in float32, 10 MB in float16, + 0.85 MB.
 """
@@ -99,6 +106,8 @@ class SampleHistory:
         device: where the history lives (the training device).
         seed: random_state of the Gaussian mixture (gmm), so refresh() is deterministic.
         debias: bias-corrected EMA (module docstring); False: the first visit initialises the EMA.
+        slow_beta: momentum of a second, slower memory in (beta, 1) (agreement only; module docstring);
+            None: one memory.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class SampleHistory:
         device: torch.device | str | None = None,
         seed: int = 0,
         debias: bool = True,
+        slow_beta: float | None = None,
     ) -> None:
         if not _is_int(num_samples) or num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -133,6 +143,11 @@ class SampleHistory:
             raise TypeError(f"seed must be an integer, got {seed!r}")
         if not isinstance(debias, bool):
             raise TypeError(f"debias must be True or False, got {debias!r}")
+        if slow_beta is not None:
+            if not _is_number(slow_beta) or not beta < slow_beta < 1:
+                raise ValueError(f"slow_beta must be None or in (beta, 1) = ({beta}, 1), got {slow_beta!r}")
+            if criterion != "agreement":
+                raise ValueError(f"slow_beta (a two-speed memory) works with criterion 'agreement' only, got {criterion!r}")
         if criterion == "gmm":
             try:
                 import sklearn.mixture  # noqa: F401
@@ -142,8 +157,10 @@ class SampleHistory:
         self.beta, self.criterion, self.tau = float(beta), criterion, float(tau)
         self.clean_fraction, self.seed = (None if clean_fraction is None else float(clean_fraction)), int(seed)
         self.debias = debias
+        self.slow_beta = None if slow_beta is None else float(slow_beta)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.probs = torch.zeros(num_samples, num_classes, dtype=dtype, device=self.device)
+        self.slow_probs = None if slow_beta is None else torch.zeros_like(self.probs)
         self.losses = torch.zeros(num_samples, dtype=torch.float32, device=self.device)
         self.counts = torch.zeros(num_samples, dtype=torch.int32, device=self.device)
         self.labels = torch.zeros(num_samples, dtype=torch.int64, device=self.device)
@@ -156,12 +173,15 @@ class SampleHistory:
     @property
     def memory_bytes(self) -> int:
         """Bytes held by the history's tensors."""
-        return sum(t.numel() * t.element_size() for t in (self.probs, self.losses, self.counts, self.labels, self.flags))
+        tensors = (self.probs, self.slow_probs, self.losses, self.counts, self.labels, self.flags)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def __repr__(self) -> str:
         return (
             f"SampleHistory(num_samples={self.num_samples}, num_classes={self.num_classes}, beta={self.beta}, "
-            f"criterion={self.criterion!r}, debias={self.debias}, dtype={self.probs.dtype}, device={self.device}, {self.memory_bytes / 2**20:.1f} MiB)"
+            f"criterion={self.criterion!r}, debias={self.debias}, "
+            + ("" if self.slow_beta is None else f"slow_beta={self.slow_beta}, ")
+            + f"dtype={self.probs.dtype}, device={self.device}, {self.memory_bytes / 2**20:.1f} MiB)"
         )
 
     # ------------------------------------------------------------------ validation
@@ -213,6 +233,9 @@ class SampleHistory:
         b = self.beta
         old = self.probs[idx].float()
         self.probs[idx] = torch.where(first[:, None], probs, old.mul_(b).add_(probs, alpha=1 - b)).to(self.probs.dtype)
+        if self.slow_probs is not None:
+            old_slow, s = self.slow_probs[idx].float(), self.slow_beta
+            self.slow_probs[idx] = torch.where(first[:, None], probs, old_slow.mul_(s).add_(probs, alpha=1 - s)).to(self.probs.dtype)
         old_loss = self.losses[idx]
         self.losses[idx] = torch.where(first, loss, old_loss.mul_(b).add_(loss, alpha=1 - b))
         self.counts[idx] += 1
@@ -264,8 +287,10 @@ class SampleHistory:
     def clean_mask(self, indices: Tensor, labels: Tensor) -> Tensor:
         """(B,) bool: which samples of the batch are likely clean under the criterion (unvisited: True)."""
         idx, y = self._check_batch(indices, labels)
-        if self.criterion == "agreement":
+        if self.criterion == "agreement":  # the bias correction is a positive factor per row: argmax unchanged
             clean = self.probs[idx].argmax(dim=1) == y
+            if self.slow_probs is not None:
+                clean &= self.slow_probs[idx].argmax(dim=1) == y
         elif self.criterion == "confidence":
             clean = self.mean_probs(idx).gather(1, y[:, None]).squeeze(1) >= self.tau
         elif self.criterion == "class-thresholds":
@@ -344,6 +369,7 @@ class SampleHistory:
             "probs": self.probs.clone(), "losses": self.losses.clone(), "counts": self.counts.clone(),
             "labels": self.labels.clone(), "flags": self.flags.clone(), "noise_rate": self.noise_rate, "stale": self.stale,
             "thresholds": None if self.thresholds is None else self.thresholds.clone(),
+            "slow_probs": None if self.slow_probs is None else self.slow_probs.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -364,3 +390,8 @@ class SampleHistory:
         self.stale = bool(state.get("stale", False))
         thresholds = state.get("thresholds")  # absent in checkpoints from before class-thresholds
         self.thresholds = None if thresholds is None else thresholds.to(self.device, torch.float32)
+        if self.slow_probs is not None:
+            slow = state.get("slow_probs")
+            if not isinstance(slow, Tensor) or slow.shape != self.slow_probs.shape:
+                raise ValueError("history state has no slow memory of this shape; it was saved without slow_beta")
+            self.slow_probs.copy_(slow)

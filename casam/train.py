@@ -135,7 +135,8 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
         wrapper = SAM if config.optimizer == "sam" else ASAM
         return wrapper(params, base, rho=config.rho, warmup_epochs=config.sam_warmup, warmup_rho=0.0, **kwargs)
     history = SampleHistory(
-        num_samples, num_classes, beta=config.history_beta, criterion=config.criterion, debias=config.history_debias, device=device
+        num_samples, num_classes, beta=config.history_beta, criterion=config.criterion, debias=config.history_debias,
+        slow_beta=config.history_slow_beta, device=device,
     )
     return CASAM(
         params, base, history=history, rho=config.rho, noisy_weight=config.noisy_weight, noisy_target=config.noisy_target,

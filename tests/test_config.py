@@ -34,6 +34,8 @@ def test_saved_config_round_trips(tmp_path):
         ({"noise": "gaussian:0.2"}, "noise"),
         ({"noise": "symmetric:1.5"}, "noise"),
         ({"history_beta": "1.0"}, "history_beta must be in"),
+        ({"history_slow_beta": "0.9"}, "history_slow_beta must be in .history_beta, 1. = .0.9, 1. or none"),
+        ({"history_slow_beta": "0.97", "criterion": "gmm"}, "works with criterion agreement only"),
         ({"tensorboard": "maybe"}, "tensorboard must be true or false"),
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"precision": "fp16", "device": "cpu"}, "fp16 needs a CUDA device"),

@@ -97,6 +97,41 @@ def test_class_thresholds_hold_each_class_to_its_own_average_self_confidence():
     assert torch.equal(other.thresholds, h.thresholds) and torch.equal(other.clean_mask(batch, y), h.clean_mask(batch, y))
 
 
+def test_two_speed_memory_catches_a_memorised_label_for_longer():
+    # sample 0 is labelled 1 but the network says class 0 for six visits, then memorises label 1
+    said = [[0.8, 0.2]] * 6 + [[0.1, 0.9]] * 20
+    one = SampleHistory(2, 2, beta=0.5)
+    two = SampleHistory(2, 2, beta=0.5, slow_beta=0.9)
+    verdicts = {"one": [], "two": []}
+    for probs in said:
+        for name, h in (("one", one), ("two", two)):
+            set_history(h, [probs, [0.2, 0.8]], [1, 1])
+            verdicts[name].append(h.clean_mask(torch.tensor([0, 1]), torch.tensor([1, 1])).tolist())
+    fast = [v[0] for v in verdicts["one"]]
+    slow = [v[0] for v in verdicts["two"]]
+    # the fast memory (beta 0.5) agrees at the first memorised visit, the two-speed one at the third:
+    # the slow EMA (0.9) needs 0.9^k (0.8 - 0.2)(1 - 0.9^6) < (0.9 - 0.1)(1 - 0.9^k), k = 3
+    assert fast.index(True) == 6 and slow.index(True) == 8, (fast, slow)
+    slow_ema = torch.zeros(2)
+    for n, probs in enumerate(said):
+        slow_ema = 0.9 * slow_ema + 0.1 * torch.tensor(probs)
+        assert slow[n] == (bool(slow_ema[1] > slow_ema[0]) and fast[n]), n
+    assert all(v[1] for v in verdicts["one"] + verdicts["two"])  # an always-agreeing sample stays clean
+    assert all(slow[-5:]) and two.predictions(torch.tensor([0])).item() == 1  # suggestions: the fast memory's
+    # the state carries the slow memory, and a state saved without one cannot feed a two-speed history
+    other = SampleHistory(2, 2, beta=0.5, slow_beta=0.9)
+    other.load_state_dict(two.state_dict())
+    assert torch.equal(other.slow_probs, two.slow_probs)
+    with pytest.raises(ValueError, match="saved without slow_beta"):
+        other.load_state_dict(one.state_dict())
+    assert two.memory_bytes == one.memory_bytes + 2 * 2 * 4
+    for bad in (0.5, 0.3, 1.0):
+        with pytest.raises(ValueError, match=r"slow_beta must be None or in \(beta, 1\)"):
+            SampleHistory(2, 2, beta=0.5, slow_beta=bad)
+    with pytest.raises(ValueError, match="criterion 'agreement' only"):
+        SampleHistory(2, 2, criterion="confidence", slow_beta=0.97)
+
+
 def test_small_loss_per_class_with_given_fraction():
     h = SampleHistory(10, 2, criterion="small-loss", clean_fraction=0.5)
     labels = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]

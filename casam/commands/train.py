@@ -40,6 +40,7 @@ HELP = {
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss, gmm or class-thresholds",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
+    "history_slow_beta": "CA-SAM agreement: momentum of a second, slower EMA that must also agree with the label (none: one memory)",
     "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update; "
     "none: " + ", ".join(f"{w:g} with --loss {loss}" for loss, w in NOISY_WEIGHT.items() if loss != "*")
     + f", {NOISY_WEIGHT['*']:g} otherwise)",
