@@ -220,6 +220,21 @@ def test_reproduces_round_17_screening_from_the_committed_runs(paired):
         assert cand["lowest_precision"] < 87 < 96 < base["lowest_precision"] and cand["recall"] > base["recall"] + 2
 
 
+def test_reproduces_round_18_screening_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 22: the two-speed memory level at symmetric 50 %, behind on average
+    under asymmetric noise (out); its recall lower on every pair, its memorisation never higher there."""
+    result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5", "casam+ce@switch-lambda0.5-slow0.97",
+                            pairs=["symmetric-0.5:100-104", "asymmetric-0.4:100-102"], guard=None)
+    assert result["n"] == 8 and not result["b"] and result["verdict"] == "keep"
+    assert {noise: round(value, 2) for noise, value in result["setting_means"].items()} == {
+        "symmetric-0.5": 0.05, "asymmetric-0.4": -0.02}
+    for row in result["rows"]:
+        base, cand = row["default"], row["candidate"]
+        assert cand["recall"] < base["recall"] and abs(row["d"]) < 0.3
+        if row["setting"] == "asymmetric-0.4":
+            assert cand["memorization"] <= base["memorization"]
+
+
 def test_default_from_another_report_pairs_only_runs_on_the_same_held_out_images(paired, tmp_path, capsys):
     other, runs = tmp_path / "other", tmp_path / "runs"
     write_run(other, "symmetric-0.5", "base", 100, 0.40)
