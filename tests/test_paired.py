@@ -158,6 +158,17 @@ def test_reproduces_gce_round_from_the_committed_runs(paired):
     assert not high["a"] and not high["b"] and high["c"] and low["verdict"] == high["verdict"] == "keep"
 
 
+def test_reproduces_coteaching_round_from_the_committed_runs(paired):
+    """docs/benchmarks.md, "The baselines' settings", round 4: Co-teaching keeps T_k 10; the later ramp
+    memorises more on every seed."""
+    runs = ROOT / "docs" / "baselines-tuning" / "runs"
+    early = paired.compare(runs, "sgd+ce+coteaching", "sgd+ce+coteaching@tk5", pairs=["symmetric-0.5:100-104"], guard=None)
+    late = paired.compare(runs, "sgd+ce+coteaching", "sgd+ce+coteaching@tk20", pairs=["symmetric-0.5:100-104"], guard=None)
+    assert (round(early["mean_d"], 2), round(late["mean_d"], 2)) == (-0.05, -1.14)
+    assert early["verdict"] == late["verdict"] == "keep" and all(row["d"] < 0 for row in late["rows"])
+    assert all(row["candidate"]["memorization"] > 2 * row["default"]["memorization"] for row in late["rows"])
+
+
 def test_reproduces_round_14_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
