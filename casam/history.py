@@ -92,6 +92,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _blend(store: Tensor, idx: Tensor, new: Tensor, beta: float, first: Tensor) -> None:
+    """One EMA step in place: store[idx] <- new where `first` (the first-visit rule), else
+    beta * store[idx] + (1 - beta) * new; computed in float32, stored in store's dtype."""
+    old = store[idx].float()
+    first = first.view(-1, *[1] * (new.ndim - 1))
+    store[idx] = torch.where(first, new, old.mul_(beta).add_(new, alpha=1 - beta)).to(store.dtype)
+
+
 class SampleHistory:
     """Device-resident EMA of softmax outputs and losses for `num_samples` samples of `num_classes` classes.
 
@@ -230,14 +238,10 @@ class SampleHistory:
         probs = torch.softmax(logits, dim=1)
         # debiased: the stored EMA starts from 0 and is divided by (1 - beta^n) when read (`_correction`)
         first = self.counts[idx] == 0 if not self.debias else torch.zeros_like(idx, dtype=torch.bool)
-        b = self.beta
-        old = self.probs[idx].float()
-        self.probs[idx] = torch.where(first[:, None], probs, old.mul_(b).add_(probs, alpha=1 - b)).to(self.probs.dtype)
+        _blend(self.probs, idx, probs, self.beta, first)
         if self.slow_probs is not None:
-            old_slow, s = self.slow_probs[idx].float(), self.slow_beta
-            self.slow_probs[idx] = torch.where(first[:, None], probs, old_slow.mul_(s).add_(probs, alpha=1 - s)).to(self.probs.dtype)
-        old_loss = self.losses[idx]
-        self.losses[idx] = torch.where(first, loss, old_loss.mul_(b).add_(loss, alpha=1 - b))
+            _blend(self.slow_probs, idx, probs, self.slow_beta, first)
+        _blend(self.losses, idx, loss, self.beta, first)
         self.counts[idx] += 1
         self.labels[idx] = y
         self.stale = True
