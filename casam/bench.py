@@ -630,10 +630,12 @@ def _setup_line(rows: list[dict[str, Any]]) -> str:
 METHOD_OPTIONS = {
     "sam": ("rho", "sam_warmup"),
     "asam": ("rho", "sam_warmup"),
-    "casam": ("rho", "warmup", "criterion", "history_beta", "history_slow_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "min_clean"),
+    "casam": ("rho", "warmup", "criterion", "history_beta", "history_slow_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "perturb_groups", "min_clean"),
     "coteaching": ("forget_rate", "num_gradual"),
 }
-SHOWN_IF_SET = {"history_slow_beta"}  # options added after the published reports: printed only where a run sets them
+# options added after the published reports -> their default: printed only where a run sets another value
+# (runs made before the option existed have none, which is the default), so those reports stay as they were
+SHOWN_IF_SET = {"history_slow_beta": "None", "perturb_groups": "1"}
 
 
 def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
@@ -642,11 +644,13 @@ def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
     shown = []
     for name in names:
         values = list(dict.fromkeys(str(r["config"].get(name)) for r in rows if r["method"] == method))
+        if name in SHOWN_IF_SET:
+            values = [v for v in values if v not in ("None", SHOWN_IF_SET[name])]
+            if not values:
+                continue
         value = " / ".join(values)
         if name == "forget_rate" and value == "None":
             value = "estimated"
-        if name in SHOWN_IF_SET and value == "None":
-            continue
         shown.append(f"{name} {value}")
     if parts["loss"] != "ce":
         from casam.losses import PUBLISHED

@@ -61,6 +61,7 @@ _USED_BY = {
     "perturb_weight": ("optimizer", ("casam",)),
     "perturb_balance": ("optimizer", ("casam",)),
     "perturb_cutoff": ("optimizer", ("casam",)),
+    "perturb_groups": ("optimizer", ("casam",)),
     "log_cosine": ("optimizer", ("casam",)),
     "min_clean": ("optimizer", ("casam",)),
     "forget_rate": ("selection", ("coteaching",)),
@@ -122,6 +123,7 @@ class TrainConfig:
     perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's perturbation, 1: SAM's direction)
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
     perturb_cutoff: float | None = 0.6667  # mu 0 instead if the history's noise estimate after the warm-up is above this (round 9)
+    perturb_groups: int = 1  # G > 1: a perturbation per group of the batch, each with its share of clean samples (round 19)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -204,6 +206,10 @@ class TrainConfig:
             raise ConfigError(f"perturb_weight (mu) must be in [0, 1]; got {self.perturb_weight}")
         if self.perturb_cutoff is not None and not 0 < self.perturb_cutoff <= 1:
             raise ConfigError(f"perturb_cutoff (the noise estimate above which mu is 0) must be in (0, 1] or none; got {self.perturb_cutoff}")
+        if self.perturb_groups < 1:
+            raise ConfigError(f"perturb_groups must be at least 1; got {self.perturb_groups}")
+        if self.perturb_groups > 1 and (self.precision == "fp16" or self.log_cosine):
+            raise ConfigError("perturb_groups above 1 runs without a gradient scaler and without log_cosine: use precision fp32 or bf16, log_cosine false")
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it

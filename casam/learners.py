@@ -67,11 +67,13 @@ def update_on_batch(
     precision: Precision,
     *,
     local_first_pass: bool = False,
+    perturb_groups: int = 1,
 ) -> torch.Tensor | None:
     """One optimisation step of `model` on (x, y, idx), whose first pass gave `logits`, `losses` (with graph).
 
     local_first_pass: SAM-family only, m-sharpness: the first backward and the perturbation stay per
     rank (the caller must have run the first forward inside `first_pass_context` as well).
+    perturb_groups: CA-SAM only, G > 1: a perturbation per group of the batch (`CASAM.grouped_step`).
     Returns CA-SAM's likely-clean mask, else None.
     """
     scaler = precision.scaler
@@ -81,6 +83,13 @@ def update_on_batch(
         with frozen_bn_stats(model), precision.autocast():
             return loss_fn(model(x), targets, idx).float()
 
+    if isinstance(optimizer, CASAM) and perturb_groups > 1:
+
+        def losses_of(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            with frozen_bn_stats(model), precision.autocast():
+                return loss_fn(model(x[rows]), targets, idx[rows]).float()
+
+        return optimizer.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=perturb_groups)
     if isinstance(optimizer, CASAM):
         with first:
             clean = optimizer.first_step(losses, logits=logits, indices=idx, labels=y, scaler=scaler)
@@ -125,8 +134,9 @@ class SingleLearner:
     model: the network, DDP-wrapped under a process group. sam_sync=False: m-sharpness (module docstring).
     """
 
-    def __init__(self, model, optimizer, loss_fn, precision: Precision, *, sam_sync: bool = True):
+    def __init__(self, model, optimizer, loss_fn, precision: Precision, *, sam_sync: bool = True, perturb_groups: int = 1):
         self.model, self.optimizer, self.loss_fn, self.precision = model, optimizer, loss_fn, precision
+        self.perturb_groups = perturb_groups
         self.selects = isinstance(optimizer, CASAM)
         self.local_first_pass = not sam_sync and isinstance(optimizer, SAM)
         self.cosines: list[torch.Tensor] = []  # CA-SAM with measure_cosine: cos(g_C, g_B) of each step this epoch
@@ -141,7 +151,8 @@ class SingleLearner:
         observe(self.loss_fn, logits.detach().float(), idx)
         losses = self.loss_fn(logits.float(), y, idx)
         selected = update_on_batch(
-            self.model, self.optimizer, self.loss_fn, x, y, idx, logits, losses, self.precision, local_first_pass=self.local_first_pass
+            self.model, self.optimizer, self.loss_fn, x, y, idx, logits, losses, self.precision,
+            local_first_pass=self.local_first_pass, perturb_groups=self.perturb_groups,
         )
         if self.selects and self.optimizer.last_grad_cosine is not None:
             self.cosines.append(self.optimizer.last_grad_cosine.detach())

@@ -180,7 +180,7 @@ def build_learner(config: TrainConfig, train_set: NoisyDataset, device: torch.de
     else:
         model = network()
         optimizer = build_optimizer(config, model, num_samples=n, num_classes=c, device=device)
-        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync)
+        learner = SingleLearner(model, optimizer, loss(), precision, sam_sync=config.sam_sync, perturb_groups=config.perturb_groups)
     optimizers = learner.optimizers if hasattr(learner, "optimizers") else [learner.optimizer]
     return learner, [build_scheduler(config, opt) for opt in optimizers]
 

@@ -36,6 +36,8 @@ def test_saved_config_round_trips(tmp_path):
         ({"history_beta": "1.0"}, "history_beta must be in"),
         ({"history_slow_beta": "0.9"}, "history_slow_beta must be in .history_beta, 1. = .0.9, 1. or none"),
         ({"history_slow_beta": "0.97", "criterion": "gmm"}, "works with criterion agreement only"),
+        ({"perturb_groups": "0"}, "perturb_groups must be at least 1; got 0"),
+        ({"perturb_groups": "4", "log_cosine": "true"}, "perturb_groups above 1 runs without a gradient scaler and without log_cosine"),
         ({"tensorboard": "maybe"}, "tensorboard must be true or false"),
         ({"dataset": "mnist"}, "dataset must be one of"),
         ({"precision": "fp16", "device": "cpu"}, "fp16 needs a CUDA device"),

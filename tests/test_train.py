@@ -203,6 +203,25 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
     assert strip(switched) == same
 
 
+def test_perturb_groups_reaches_the_training_loop_after_the_warmup(tmp_path):
+    """--perturb-groups 4: the warm-up epochs are the one-perturbation run's metric for metric (grouped_step
+    is plain SAM there), the epochs after it differ, and the run folder records the option."""
+    def run(name, *extra):
+        out = tmp_path / name
+        assert main([
+            "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", "3", "--warmup", "2",
+            "--warmup-rho", "none", "--lr", "0.1", "--noise", "symmetric:0.4", "--out", str(out), "--progress", "false",
+            "--tensorboard", "false", *extra,
+        ]) == 0
+        return out, rows(out)
+
+    one_dir, one = run("one")
+    four_dir, four = run("four", "--perturb-groups", "4")
+    assert four[:2] == one[:2] and four[2] != one[2]
+    assert resolve(yaml_path=str(four_dir / "config.yaml")).perturb_groups == 4
+    assert resolve(yaml_path=str(one_dir / "config.yaml")).perturb_groups == 1
+
+
 def test_held_out_best_epoch_is_reported_and_its_network_kept(tmp_path, capsys):
     """With held-out noisy data the summary names the epoch it picks (no clean label needed) and
     best_model.pt holds that epoch's network: reloaded, it scores the held-out part as logged."""

@@ -231,9 +231,12 @@ class CASAM(SAM):
         self.last_clean_mask, self.last_fallback = clean, fallback
         return clean
 
-    def _perturbation_loss(self, losses: Tensor, clean: Tensor, indices: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def _perturbation_loss(
+        self, losses: Tensor, clean: Tensor, indices: Tensor, labels: Tensor, *, min_count: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(the loss whose gradient sets e, whether the mask fell back to the whole batch as a 0-dim bool
-        tensor: no host sync). The confidence weights use no mask, so they neither count nor fall back."""
+        tensor: no host sync). The confidence weights use no mask, so they neither count nor fall back.
+        min_count: the fallback's bar (None: min_clean; a group of `grouped_step` uses 1)."""
         if self.perturb_from == "confidence" and not self.in_warmup:  # soft weights h_i[y_i]
             confidence = self.history.mean_probs(indices).gather(1, labels.to(self.history.device).long()[:, None])[:, 0]
             return self._global_mean(losses, confidence.to(losses.device)), torch.zeros((), dtype=torch.bool, device=losses.device)
@@ -241,7 +244,7 @@ class CASAM(SAM):
         count = source.sum()
         if distributed.gradients_synchronised():  # under DDP every rank falls back together, on the global count
             count = distributed.all_reduce_sum(count)
-        fallback = count < self.min_clean
+        fallback = count < (self.min_clean if min_count is None else min_count)
         mask = source | fallback
         mu = self.current_perturb_weight
         if not mu or self.in_warmup:  # that side only
@@ -257,10 +260,13 @@ class CASAM(SAM):
         first_step and second_step."""
         if self._clean is None:
             raise RuntimeError("targets() is for the step in progress: call it after first_step()")
+        return self._targets_for(self._clean, self._indices, labels)
+
+    def _targets_for(self, clean: Tensor, indices: Tensor, labels: Tensor) -> Tensor:
         if self.noisy_target == "given" or self.in_warmup:
             return labels
-        predicted = self.history.predictions(self._indices).to(labels.device)
-        return torch.where(self._clean.to(labels.device), labels, predicted)
+        predicted = self.history.predictions(indices).to(labels.device)
+        return torch.where(clean.to(labels.device), labels, predicted)
 
     def second_step(self, losses: Tensor | None = None, zero_grad: bool = True, *, scaler: torch.amp.GradScaler | None = None) -> Tensor | None:  # type: ignore[override]
         """Back-propagate mean(a_i * l_i) of the losses at w + e, restore w, take the base step.
@@ -282,6 +288,79 @@ class CASAM(SAM):
         self._clean = self._indices = None
         self._restore_and_step(zero_grad=zero_grad, scaler=scaler)
         return None if loss is None else loss.detach()
+
+    def grouped_step(
+        self,
+        losses: Tensor,
+        *,
+        logits: Tensor,
+        indices: Tensor,
+        labels: Tensor,
+        losses_of: Callable[[Tensor, Tensor], Tensor],
+        groups: int,
+    ) -> Tensor:
+        """One CA-SAM step with a perturbation per group of the batch (m-sharpness inside the batch).
+
+        SAM's perturbation is one direction for the whole batch; "1-SAM" (one per sample) and
+        m-sharpness (one per m samples, Foret et al. 2021) generalise better and, by the analysis of
+        Andriushchenko & Flammarion (2022), weigh the update against samples already fitted. Here the
+        batch is dealt into `groups` groups, each with an equal share of the likely-clean samples (and of
+        the others), and each group's samples are evaluated at w + e_g, e_g from that group's likely-clean
+        samples (the same rules as `first_step`: mu, the cutoff, the soft weights; a batch below min_clean
+        falls back as a whole, a group with none of its side's samples perturbs with all of them). The
+        update is (1/|B|) sum_g sum_{i in g} a_i l_i(w + e_g); then one base step.
+
+        losses, logits, indices, labels: as in `first_step` (the whole-batch pass at w, which the history
+        records and the split reads). losses_of(rows, targets): the (len(rows),) per-sample losses of the
+        batch rows `rows` against `targets` at the current weights, with their graph (normalisation
+        statistics frozen: the whole-batch pass has updated them). Each group costs two forward and two
+        backward passes of its rows, so a step costs SAM's plus one forward pass, in smaller batches.
+        In the warm-up, or when the batch is too small for two samples per group, the step is
+        `first_step` and `second_step` on the whole batch. One process only, no gradient scaler.
+        Returns C, the (B,) likely-clean mask.
+        """
+        if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+            raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
+        if distributed.is_distributed():
+            raise RuntimeError("grouped_step runs in one process; under torchrun use sam_sync=False for a perturbation per rank")
+        self._check_idle()
+        self._check_losses(losses, "losses")
+        batch = losses.shape[0]
+        groups = min(groups, batch // 2)  # two samples per group at least: batch normalisation needs them
+        if self.in_warmup or groups <= 1:
+            clean = self.first_step(losses, logits=logits, indices=indices, labels=labels)
+            rows = torch.arange(batch, device=losses.device)
+            self.second_step(losses_of(rows, self.targets(labels)))
+            return clean
+        self.zero_grad()
+        self._update_history(indices, logits.detach(), labels, losses.detach())
+        clean = self.history.clean_mask(indices, labels).to(losses.device)
+        targets = self._targets_for(clean, indices, labels)
+        source = ~clean if self.perturb_from == "noisy" else clean
+        fallback = source.sum() < self.min_clean
+        order = torch.argsort((~source).to(torch.int8), stable=True)  # that side first, then dealt round-robin
+        min_count = batch + 1 if bool(fallback) else 1  # the batch fell back: so does every group
+        params = self._trainable()
+        total: list[Tensor | None] = [None] * len(params)
+        for g in range(groups):
+            rows = order[g::groups]
+            first, _ = self._perturbation_loss(losses_of(rows, labels[rows]), clean[rows], indices[rows], labels[rows], min_count=min_count)
+            first.backward()
+            self._perturb(zero_grad=True, scaler=None)
+            second = losses_of(rows, targets[rows])
+            (self._weighted_mean(second, clean[rows]) * (rows.numel() / batch)).backward()
+            self._restore()
+            for i, p in enumerate(params):  # sum the groups' second-pass gradients
+                if p.grad is not None:
+                    total[i] = p.grad if total[i] is None else total[i].add_(p.grad)
+            self.zero_grad()
+        for p, g in zip(params, total):
+            p.grad = g
+        self.base_optimizer.step()
+        self._opt_called = True
+        self.zero_grad()
+        self.last_clean_mask, self.last_fallback = clean, fallback
+        return clean
 
     def step(  # type: ignore[override]
         self,

@@ -354,6 +354,14 @@ class SAM(Optimizer):
         return buf
 
     @torch.no_grad()
+    def _restore(self) -> None:
+        """w + e -> w, bit for bit (from the backup buffers), keeping the gradients."""
+        params, backups = self._perturbed
+        for ps, bs in _by_device(params, backups):
+            torch._foreach_copy_(ps, bs)
+        self._perturbed = None
+
+    @torch.no_grad()
     def _restore_and_step(self, *, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
         scaling = scaler is not None and scaler.is_enabled()
         if self._skip:
@@ -362,10 +370,7 @@ class SAM(Optimizer):
             if scaling:
                 scaler.update()  # sees the non-finite first pass recorded by unscale_(self): backs off
             return
-        params, backups = self._perturbed
-        for ps, bs in _by_device(params, backups):
-            torch._foreach_copy_(ps, bs)
-        self._perturbed = None
+        self._restore()
         if scaler is not None:
             scaler.step(self.base_optimizer)
             scaler.update()

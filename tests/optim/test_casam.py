@@ -256,9 +256,9 @@ def test_bad_input(tiny):
         opt.second_step(tiny.losses(model)[:5])
 
 
-def split_on_noisy_digits(digits, criterion, **history_options):
+def split_on_noisy_digits(digits, criterion, *, groups=1, **history_options):
     """CA-SAM on digits with 40 % symmetric label noise, 7 epochs (3 of warm-up): the split's precision
-    and recall over epochs 3-6 and the final accuracy on the true labels."""
+    and recall over epochs 3-6 and the final accuracy on the true labels. groups > 1: `grouped_step`."""
     x, y_true = digits
     rng = np.random.default_rng(0)
     n = len(y_true)
@@ -280,9 +280,18 @@ def split_on_noisy_digits(digits, criterion, **history_options):
             opt.set_epoch(epoch)
             for idx in torch.randperm(n, generator=gen).split(128):
                 logits = model(x[idx])
-                clean = opt.first_step(F.cross_entropy(logits, y[idx], reduction="none"), logits=logits, indices=idx, labels=y[idx])
-                with frozen_bn_stats(model):
-                    opt.second_step(F.cross_entropy(model(x[idx]), y[idx], reduction="none"))
+                losses = F.cross_entropy(logits, y[idx], reduction="none")
+                if groups > 1:
+
+                    def losses_of(rows, targets, idx=idx):
+                        with frozen_bn_stats(model):
+                            return F.cross_entropy(model(x[idx[rows]]), targets, reduction="none")
+
+                    clean = opt.grouped_step(losses, logits=logits, indices=idx, labels=y[idx], losses_of=losses_of, groups=groups)
+                else:
+                    clean = opt.first_step(losses, logits=logits, indices=idx, labels=y[idx])
+                    with frozen_bn_stats(model):
+                        opt.second_step(F.cross_entropy(model(x[idx]), y[idx], reduction="none"))
                 if epoch >= 3:
                     selected.append(clean)
                     truth.append(truly_clean[idx])
@@ -513,3 +522,80 @@ def test_perturb_cutoff_with_mu_0_reads_the_estimate_and_changes_nothing(tiny):
     assert opt.noise_estimate == pytest.approx(5 / 12) and opt.current_perturb_weight == 0.0
     first_step_at(opt, tiny, model)
     assert_moved_along(model, w, tiny.grad(model, w, sample_weights=clean.double()), rho)
+
+
+# ---------------------------------------------------------------- a perturbation per group (grouped_step)
+def grouped_step_at(opt, tiny, model, groups):
+    logits = model(tiny.x)
+
+    def losses_of(rows, targets):
+        return F.cross_entropy(model(tiny.x[rows]), targets, reduction="none")
+
+    return opt.grouped_step(
+        F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits, indices=tiny.idx, labels=tiny.y, losses_of=losses_of, groups=groups
+    )
+
+
+def test_grouped_step_perturbs_each_group_by_its_own_clean_samples(tiny):
+    """Two groups: each gets an equal share of the likely-clean samples (dealt in turn, then the others),
+    is evaluated at w + rho g_g / ||g_g|| with g_g the gradient of its clean mean, and the update is the
+    sum over the groups of (1/|B|) sum_i a_i grad l_i(w + e_g)."""
+    rho, lr, lam = 0.3, 0.5, 0.3
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    w = tiny.weights(model)
+    # clean 0 2 3 6 7 9 11, then noisy 1 4 5 8 10, dealt to the two groups in turn
+    groups = [torch.tensor([0, 3, 7, 11, 4, 8]), torch.tensor([2, 6, 9, 1, 5, 10])]
+    a = torch.where(clean, 1.0, torch.tensor(lam, dtype=torch.float64))
+    update = {k: torch.zeros_like(v) for k, v in w.items()}
+    for rows in groups:
+        in_group = torch.zeros(len(tiny.y), dtype=torch.bool)
+        in_group[rows] = True
+        g = tiny.grad(model, w, subset=clean & in_group)
+        norm = math.sqrt(sum(float((v**2).sum()) for v in g.values()))
+        g2 = tiny.grad(model, {k: w[k] + rho * g[k] / norm for k in w}, sample_weights=a * in_group)
+        update = {k: update[k] + g2[k] for k in w}
+
+    opt = make(model, history, rho=rho, lr=lr, noisy_weight=lam)
+    mask = grouped_step_at(opt, tiny, model, groups=2)
+    assert torch.equal(mask, clean) and not opt.perturbed
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name] - lr * update[name], rtol=1e-12, atol=1e-14)
+
+
+def test_grouped_step_with_one_group_is_the_two_step_api(tiny, same_params):
+    one, two = tiny.model(), tiny.model()
+    opt1, opt2 = make(one, believed_history(tiny)[0], momentum=0.9), make(two, believed_history(tiny)[0], momentum=0.9)
+    for _ in range(3):
+        grouped_step_at(opt1, tiny, one, groups=1)
+        casam_step(opt2, tiny, two)
+    assert same_params(one, two)
+
+
+def test_grouped_step_in_the_warmup_is_plain_sam_on_the_batch(tiny, same_params):
+    grouped, sam = tiny.model(), tiny.model()
+    opt = make(grouped, SampleHistory(len(tiny.y), 3), warmup_epochs=1)
+    grouped_step_at(opt, tiny, grouped, groups=4)
+    ref = SAM(sam.parameters(), torch.optim.SGD, rho=0.3, lr=0.5)
+    ref.first_step(tiny.losses(sam))
+    ref.second_step(tiny.losses(sam))
+    assert same_params(grouped, sam)
+
+
+def test_grouped_step_bad_input(tiny):
+    model = tiny.model()
+    opt = make(model, believed_history(tiny)[0])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="groups must be an integer >= 1"):
+            grouped_step_at(opt, tiny, model, groups=bad)
+    assert not opt.perturbed
+
+
+def test_grouped_perturbations_learn_and_split_noisy_digits(digits, agreement_on_noisy_digits):
+    """Four perturbations per batch (about 19 likely-clean samples each) on the real noisy digits: the
+    split and the accuracy stay those of one perturbation per batch.
+
+    Measured (this seed): precision 0.985, recall 0.897, accuracy 0.930 (one perturbation: 0.985, 0.900, 0.935).
+    """
+    grouped = split_on_noisy_digits(digits, "agreement", groups=4)
+    assert grouped[0] > 0.95 and grouped[1] > 0.8 and grouped[2] > 0.88, grouped
