@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py                       # both models, 9 rounds x 3 steps (~1 min on 2 idle cores)
     python benchmarks/step_time.py --models cnn --rounds 15
+    python benchmarks/step_time.py --models cnn --groups 8  # also CA-SAM with a perturbation per group (--perturb-groups)
 
 Each round times `--steps` steps of each optimizer, interleaved step by step (SGD, SAM, CA-SAM, SGD,
 ..., the order rotating from round to round so that none always runs first), after `--warmup`
@@ -17,7 +18,8 @@ SAM and CA-SAM freeze batch-norm statistics in their second pass. CA-SAM runs pa
 
 The last line printed is a JSON object: `casam_over_sam` and `sam_over_sgd` are the largest of the
 per-model medians (the worst model decides whether a goal is met), and `models` holds each model's
-median step times (seconds) and ratios.
+median step times (seconds) and ratios. With `--groups G`, a fourth optimizer, CA-SAM's
+`grouped_step` with G groups, joins the rotation and `groups_over_casam` is its ratio to CA-SAM.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ MODELS = {"cnn": (1, 28, 128), "preact_resnet18": (3, 32, 32)}
 HISTORY_SIZE = 50_000
 
 
-def make_runner(kind: str, model_name: str, *, batch: int, num_classes: int, seed: int):
+def make_runner(kind: str, model_name: str, *, batch: int, num_classes: int, seed: int, groups: int = 1):
     """A zero-argument function doing one training step of `kind` on a fixed batch."""
     channels, side, _ = MODELS[model_name]
     with torch.random.fork_rng(devices=[]):  # same initial weights for the three; global RNG left as it was
@@ -80,6 +82,19 @@ def make_runner(kind: str, model_name: str, *, batch: int, num_classes: int, see
                 losses2 = F.cross_entropy(model(x), y, reduction="none")
             opt.second_step(losses2)
 
+    elif kind == "casam-groups":
+        history = SampleHistory(HISTORY_SIZE, num_classes, criterion="agreement")
+        opt = CASAM(model.parameters(), torch.optim.SGD, history=history, rho=0.05, warmup_epochs=0, **kwargs)
+
+        def losses_of(rows, targets):
+            with frozen_bn_stats(model):
+                return F.cross_entropy(model(x[rows]), targets, reduction="none")
+
+        def step():
+            logits = model(x)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            opt.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=groups)
+
     else:
         raise ValueError(f"unknown optimizer {kind!r}")
     return step
@@ -92,16 +107,16 @@ def time_step(step) -> float:
     return time.perf_counter() - start
 
 
-def bench_model(model_name: str, *, batch: int, rounds: int, steps: int, warmup: int, seed: int) -> dict:
-    kinds = ("sgd", "sam", "casam")
-    runners = {k: make_runner(k, model_name, batch=batch, num_classes=10, seed=seed) for k in kinds}
+def bench_model(model_name: str, *, batch: int, rounds: int, steps: int, warmup: int, seed: int, groups: int = 1) -> dict:
+    kinds = ("sgd", "sam", "casam") + (("casam-groups",) if groups > 1 else ())
+    runners = {k: make_runner(k, model_name, batch=batch, num_classes=10, seed=seed, groups=groups) for k in kinds}
     for kind in kinds:
         for _ in range(warmup):
             runners[kind]()
     per_round = {k: [] for k in kinds}
-    ratios = {"casam_over_sam": [], "sam_over_sgd": []}
+    ratios = {"casam_over_sam": [], "sam_over_sgd": []} | ({"groups_over_casam": []} if groups > 1 else {})
     for r in range(rounds):
-        order = kinds[r % 3 :] + kinds[: r % 3]
+        order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
         times = {k: [] for k in kinds}
         for _ in range(steps):  # interleaved step by step: the three see the same machine load
             for k in order:
@@ -111,9 +126,13 @@ def bench_model(model_name: str, *, batch: int, rounds: int, steps: int, warmup:
             per_round[k].append(got[k])
         ratios["casam_over_sam"].append(got["casam"] / got["sam"])
         ratios["sam_over_sgd"].append(got["sam"] / got["sgd"])
-    result = {f"{k}_s": statistics.median(v) for k, v in per_round.items()}
+        if groups > 1:
+            ratios["groups_over_casam"].append(got["casam-groups"] / got["casam"])
+    result = {f"{k.replace('-', '_')}_s": statistics.median(v) for k, v in per_round.items()}
     result.update({k: statistics.median(v) for k, v in ratios.items()})
     result["batch"] = batch
+    if groups > 1:
+        result["groups"] = groups
     return result
 
 
@@ -126,8 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-cnn", type=int, default=MODELS["cnn"][2])
     parser.add_argument("--batch-resnet", type=int, default=MODELS["preact_resnet18"][2])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--groups", type=int, default=1, help="also time CA-SAM with a perturbation per group of G (default 1: not timed)")
     args = parser.parse_args(argv)
-    for name in ("rounds", "steps", "batch_cnn", "batch_resnet"):
+    for name in ("rounds", "steps", "batch_cnn", "batch_resnet", "groups"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
@@ -137,16 +157,18 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name in args.models:
         batch = args.batch_cnn if name == "cnn" else args.batch_resnet
-        res = bench_model(name, batch=batch, rounds=args.rounds, steps=args.steps, warmup=args.warmup, seed=args.seed)
+        res = bench_model(name, batch=batch, rounds=args.rounds, steps=args.steps, warmup=args.warmup, seed=args.seed, groups=args.groups)
         results[name] = res
+        grouped = f"  CA-SAM x{args.groups} groups / CA-SAM {res['groups_over_casam']:.3f}" if args.groups > 1 else ""
         print(
             f"{name:16s} batch {batch:4d}  SGD {1e3 * res['sgd_s']:8.1f} ms  SAM {1e3 * res['sam_s']:8.1f} ms  "
-            f"CA-SAM {1e3 * res['casam_s']:8.1f} ms   CA-SAM/SAM {res['casam_over_sam']:.3f}  SAM/SGD {res['sam_over_sgd']:.3f}",
+            f"CA-SAM {1e3 * res['casam_s']:8.1f} ms   CA-SAM/SAM {res['casam_over_sam']:.3f}  SAM/SGD {res['sam_over_sgd']:.3f}{grouped}",
             flush=True,
         )
     summary = {
         "casam_over_sam": max(r["casam_over_sam"] for r in results.values()),
         "sam_over_sgd": max(r["sam_over_sgd"] for r in results.values()),
+        **({"groups_over_casam": max(r["groups_over_casam"] for r in results.values())} if args.groups > 1 else {}),
         "models": results,
     }
     print(json.dumps(summary))

@@ -169,6 +169,18 @@ def test_reproduces_coteaching_round_from_the_committed_runs(paired):
     assert all(row["candidate"]["memorization"] > 2 * row["default"]["memorization"] for row in late["rows"])
 
 
+def test_reproduces_asam_radius_round_from_the_committed_runs(paired):
+    """docs/benchmarks.md, "The baselines' settings", round 5: ASAM keeps rho 0.5; 0.2 is behind on every
+    seed and memorises more, 1.0 loses the network (chance on the test set) on four seeds of five."""
+    runs = ROOT / "docs" / "baselines-tuning" / "runs"
+    small = paired.compare(runs, "asam+ce", "asam+ce@rho0.2", pairs=["symmetric-0.5:100-104"], guard=None)
+    large = paired.compare(runs, "asam+ce", "asam+ce@rho1.0", pairs=["symmetric-0.5:100-104"], guard=None)
+    assert (round(small["mean_d"], 2), round(small["sd_d"], 2), round(large["mean_d"], 1)) == (-1.38, 0.21, -26.7)
+    assert small["verdict"] == large["verdict"] == "keep" and all(row["d"] < 0 for row in small["rows"] + large["rows"])
+    assert all(row["candidate"]["memorization"] > row["default"]["memorization"] + 5 for row in small["rows"])
+    assert sum(row["candidate"]["test"] < 11 for row in large["rows"]) == 4
+
+
 def test_reproduces_round_14_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",

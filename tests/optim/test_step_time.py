@@ -28,6 +28,17 @@ def test_last_line_is_the_json_summary(step_time, capsys):
     assert "CA-SAM/SAM" in lines[-2]
 
 
+def test_groups_adds_the_grouped_step_and_its_ratio(step_time, capsys):
+    step_time.main(["--models", "cnn", "--rounds", "2", "--steps", "1", "--warmup", "1", "--batch-cnn", "16", "--groups", "4"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    cnn = summary["models"]["cnn"]
+    assert summary["groups_over_casam"] == cnn["groups_over_casam"] > 0 and cnn["casam_groups_s"] > 0 and cnn["groups"] == 4
+    assert "x4 groups / CA-SAM" in lines[-2]
+
+
 def test_refuses_bad_flags(step_time):
     with pytest.raises(SystemExit):
         step_time.main(["--rounds", "0"])
+    with pytest.raises(SystemExit):
+        step_time.main(["--groups", "0"])
