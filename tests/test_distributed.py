@@ -259,6 +259,16 @@ def test_torchrun_train_writes_one_set_of_outputs_and_resumes(tmp_path):
     assert "trained with 2 process(es) and cannot resume with 1" in refused.stderr
 
 
+def test_torchrun_refuses_perturb_groups_in_one_sentence(tmp_path):
+    """A perturbation per group of the batch is a one-process step: under torchrun it is refused before
+    any run folder is written, on every rank, pointing at per-rank perturbations."""
+    out = tmp_path / "run"
+    done = _torchrun("--dataset", "digits", "--model", "mlp", "--epochs", "1", "--perturb-groups", "4", "--out", str(out),
+                     "--progress", "false", "--tensorboard", "false", check=False)
+    assert done.returncode != 0 and not out.exists()
+    assert "perturb_groups above 1 runs in one process; under torchrun use --sam-sync false" in done.stderr
+
+
 # ---------------------------------------------------------------------------------------------- one process
 def test_single_process_helpers_are_no_ops(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
