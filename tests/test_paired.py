@@ -181,6 +181,24 @@ def test_reproduces_asam_radius_round_from_the_committed_runs(paired):
     assert sum(row["candidate"]["test"] < 11 for row in large["rows"]) == 4
 
 
+def test_reproduces_round_19_screening_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 23: a perturbation per group of 16 (G 8) or 4 (G 32) samples is behind on
+    average at symmetric 50 %, out; on every seed it memorises fewer wrong labels and its split admits fewer
+    clean samples, the more so the smaller the group."""
+    runs = ROOT / "docs" / "casam-tuning" / "runs"
+    results = {
+        g: paired.compare(runs, "casam+ce@switch-lambda0.5", f"casam+ce@switch-lambda0.5-groups{g}", pairs=["symmetric-0.5:100-104"], guard=None)
+        for g in (8, 32)
+    }
+    assert [(round(r["mean_d"], 2), round(r["sd_d"], 2)) for r in results.values()] == [(-0.07, 0.22), (-0.79, 0.37)]
+    assert all(r["n"] == 5 and r["verdict"] == "keep" for r in results.values())
+    assert all(row["d"] < 0 for row in results[32]["rows"])
+    for row8, row32 in zip(results[8]["rows"], results[32]["rows"]):
+        one, g8, g32 = row8["default"], row8["candidate"], row32["candidate"]
+        assert g8["memorization"] < one["memorization"] and g32["memorization"] < one["memorization"]
+        assert g32["recall"] < g8["recall"] - 1 < one["recall"] - 2
+
+
 def test_reproduces_round_14_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
