@@ -301,9 +301,11 @@ class CASAM(SAM):
     ) -> Tensor:
         """One CA-SAM step with a perturbation per group of the batch (m-sharpness inside the batch).
 
-        SAM's perturbation is one direction for the whole batch; "1-SAM" (one per sample) and
-        m-sharpness (one per m samples, Foret et al. 2021) generalise better and, by the analysis of
-        Andriushchenko & Flammarion (2022), weigh the update against samples already fitted. Here the
+        SAM's perturbation is one direction for the whole batch; one per m samples (m-sharpness, Foret et
+        al. 2021) generalises better, and one per sample (1-SAM) has been reported more robust to label
+        noise (Baek, Kolter & Raghunathan, ICLR 2024). Measured here (docs/casam-split.md, round 19): in
+        20 epochs it slows all fitting, fewer wrong labels memorised and fewer clean ones learnt, and
+        ends level (16 samples per group) or behind (4 per group); `casam train` keeps one. Here the
         batch is dealt into `groups` groups, each with an equal share of the likely-clean samples (and of
         the others), and each group's samples are evaluated at w + e_g, e_g from that group's likely-clean
         samples (the same rules as `first_step`: mu, the cutoff, the soft weights; a batch below min_clean
@@ -314,7 +316,9 @@ class CASAM(SAM):
         records and the split reads). losses_of(rows, targets): the (len(rows),) per-sample losses of the
         batch rows `rows` against `targets` at the current weights, with their graph (normalisation
         statistics frozen: the whole-batch pass has updated them). Each group costs two forward and two
-        backward passes of its rows, so a step costs SAM's plus one forward pass, in smaller batches.
+        backward passes of its rows: in arithmetic a step is SAM's plus one forward pass, in time on a
+        CPU much more, as small batches use it poorly (2.49x CA-SAM's step at 8 groups of 16,
+        benchmarks/step_time.py).
         In the warm-up, or when the batch is too small for two samples per group, the step is
         `first_step` and `second_step` on the whole batch. One process only, no gradient scaler.
         Returns C, the (B,) likely-clean mask.
@@ -323,6 +327,8 @@ class CASAM(SAM):
             raise ValueError(f"groups must be an integer >= 1, got {groups!r}")
         if distributed.is_distributed():
             raise RuntimeError("grouped_step runs in one process; under torchrun use sam_sync=False for a perturbation per rank")
+        if self.measure_cosine:
+            raise ValueError("grouped_step has no single perturbation gradient to compare: build CASAM with measure_cosine=False")
         self._check_idle()
         self._check_losses(losses, "losses")
         batch = losses.shape[0]

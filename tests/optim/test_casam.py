@@ -582,12 +582,22 @@ def test_grouped_step_in_the_warmup_is_plain_sam_on_the_batch(tiny, same_params)
     assert same_params(grouped, sam)
 
 
+def test_grouped_step_caps_the_groups_at_two_samples_each(tiny, same_params):
+    """Batch normalisation needs two samples: 100 groups of a 12-sample batch are 6 groups of 2."""
+    six, hundred = tiny.model(), tiny.model()
+    grouped_step_at(make(six, believed_history(tiny)[0]), tiny, six, groups=6)
+    grouped_step_at(make(hundred, believed_history(tiny)[0]), tiny, hundred, groups=100)
+    assert same_params(six, hundred) and not same_params(six, tiny.model())
+
+
 def test_grouped_step_bad_input(tiny):
     model = tiny.model()
     opt = make(model, believed_history(tiny)[0])
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="groups must be an integer >= 1"):
             grouped_step_at(opt, tiny, model, groups=bad)
+    with pytest.raises(ValueError, match="build CASAM with measure_cosine=False"):
+        grouped_step_at(make(model, believed_history(tiny)[0], measure_cosine=True), tiny, model, groups=2)
     assert not opt.perturbed
 
 
