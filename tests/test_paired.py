@@ -199,6 +199,17 @@ def test_reproduces_round_19_screening_from_the_committed_runs(paired):
         assert g32["recall"] < g8["recall"] - 1 < one["recall"] - 2
 
 
+def test_reproduces_round_20_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 24: in 40 epochs a perturbation per group of 16 samples is ahead on every
+    seed by more than two standard errors, memorising a quarter as many wrong labels."""
+    result = paired.compare(ROOT / "docs" / "casam-40epochs" / "runs", "casam+ce", "casam+ce@groups8",
+                            pairs=["symmetric-0.5:100-102"], guard=None)
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (2.6, 0.4, 0.46)
+    assert result["n"] == 3 and result["a"] and result["b"] and result["verdict"] == "adopt"
+    assert all(row["candidate"]["memorization"] < row["default"]["memorization"] / 3 for row in result["rows"])
+    assert all(row["candidate"]["test"] > row["default"]["test"] + 5 for row in result["rows"])
+
+
 def test_reproduces_round_14_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
