@@ -79,15 +79,16 @@ def update_on_batch(
     scaler = precision.scaler
     first = first_pass_context(model, local_first_pass)
 
-    def second_pass(targets: torch.Tensor) -> torch.Tensor:
+    def second_pass(targets: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample losses against `targets` of the batch (or of its `rows`), statistics frozen."""
+        xs, ids = (x, idx) if rows is None else (x[rows], idx[rows])
         with frozen_bn_stats(model), precision.autocast():
-            return loss_fn(model(x), targets, idx).float()
+            return loss_fn(model(xs), targets, ids).float()
 
     if isinstance(optimizer, CASAM) and perturb_groups > 1:
 
         def losses_of(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            with frozen_bn_stats(model), precision.autocast():
-                return loss_fn(model(x[rows]), targets, idx[rows]).float()
+            return second_pass(targets, rows)
 
         return optimizer.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=perturb_groups)
     if isinstance(optimizer, CASAM):

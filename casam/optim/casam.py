@@ -204,22 +204,7 @@ class CASAM(SAM):
         indices: (B,) positions of the samples in the training set; labels: (B,) given labels.
         Gradients present before the call are discarded. Returns C as a (B,) bool mask (all True in warm-up).
         """
-        self._check_idle()
-        self._check_losses(losses, "losses")
-        batch = losses.shape[0]
-        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"logits must have shape ({batch}, num_classes), got {shape}")
-        for name, t in (("indices", indices), ("labels", labels)):
-            if not isinstance(t, Tensor) or t.shape != (batch,):
-                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(f"{name} must have shape ({batch},), got {shape}")
-        self.zero_grad()  # this step owns the gradient: it back-propagates the clean mean itself
-        self._update_history(indices, logits, labels, losses)
-        if self.in_warmup:
-            clean = torch.ones(batch, dtype=torch.bool, device=losses.device)
-        else:
-            clean = self.history.clean_mask(indices, labels).to(losses.device)
+        clean = self._record_and_split(losses, logits, indices, labels)
         if self.measure_cosine:
             full = self._grads_of(losses.mean())
         loss, fallback = self._perturbation_loss(losses, clean, indices, labels)
@@ -230,6 +215,25 @@ class CASAM(SAM):
         self._clean, self._indices = clean, indices
         self.last_clean_mask, self.last_fallback = clean, fallback
         return clean
+
+    def _record_and_split(self, losses: Tensor, logits: Tensor, indices: Tensor, labels: Tensor) -> Tensor:
+        """Check the batch, clear the gradients (the step back-propagates itself), record the batch in the
+        history and return C, the (B,) likely-clean mask (all True in warm-up). Shared by both steps."""
+        self._check_idle()
+        self._check_losses(losses, "losses")
+        batch = losses.shape[0]
+        if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"logits must have shape ({batch}, num_classes), got {shape}")
+        for name, t in (("indices", indices), ("labels", labels)):
+            if not isinstance(t, Tensor) or t.shape != (batch,):
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name} must have shape ({batch},), got {shape}")
+        self.zero_grad()
+        self._update_history(indices, logits, labels, losses)
+        if self.in_warmup:
+            return torch.ones(batch, dtype=torch.bool, device=losses.device)
+        return self.history.clean_mask(indices, labels).to(losses.device)
 
     def _perturbation_loss(
         self, losses: Tensor, clean: Tensor, indices: Tensor, labels: Tensor, *, min_count: int | None = None
@@ -329,7 +333,6 @@ class CASAM(SAM):
             raise RuntimeError("grouped_step runs in one process; under torchrun use sam_sync=False for a perturbation per rank")
         if self.measure_cosine:
             raise ValueError("grouped_step has no single perturbation gradient to compare: build CASAM with measure_cosine=False")
-        self._check_idle()
         self._check_losses(losses, "losses")
         batch = losses.shape[0]
         groups = min(groups, batch // 2)  # two samples per group at least: batch normalisation needs them
@@ -338,9 +341,7 @@ class CASAM(SAM):
             rows = torch.arange(batch, device=losses.device)
             self.second_step(losses_of(rows, self.targets(labels)))
             return clean
-        self.zero_grad()
-        self._update_history(indices, logits.detach(), labels, losses.detach())
-        clean = self.history.clean_mask(indices, labels).to(losses.device)
+        clean = self._record_and_split(losses, logits, indices, labels)
         targets = self._targets_for(clean, indices, labels)
         source = ~clean if self.perturb_from == "noisy" else clean
         fallback = source.sum() < self.min_clean
@@ -362,9 +363,7 @@ class CASAM(SAM):
             self.zero_grad()
         for p, g in zip(params, total):
             p.grad = g
-        self.base_optimizer.step()
-        self._opt_called = True
-        self.zero_grad()
+        self._base_step(zero_grad=True, scaler=None)
         self.last_clean_mask, self.last_fallback = clean, fallback
         return clean
 

@@ -371,6 +371,10 @@ class SAM(Optimizer):
                 scaler.update()  # sees the non-finite first pass recorded by unscale_(self): backs off
             return
         self._restore()
+        self._base_step(zero_grad=zero_grad, scaler=scaler)
+
+    def _base_step(self, *, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
+        """The base optimizer's step with the gradients in .grad (through the scaler if there is one)."""
         if scaler is not None:
             scaler.step(self.base_optimizer)
             scaler.update()

@@ -596,6 +596,10 @@ def test_grouped_step_bad_input(tiny):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="groups must be an integer >= 1"):
             grouped_step_at(opt, tiny, model, groups=bad)
+    logits = model(tiny.x)
+    with pytest.raises(ValueError, match=r"logits must have shape \(12, num_classes\)"):
+        opt.grouped_step(F.cross_entropy(logits, tiny.y, reduction="none"), logits=logits[:5], indices=tiny.idx, labels=tiny.y,
+                         losses_of=lambda rows, targets: None, groups=2)
     with pytest.raises(ValueError, match="build CASAM with measure_cosine=False"):
         grouped_step_at(make(model, believed_history(tiny)[0], measure_cosine=True), tiny, model, groups=2)
     assert not opt.perturbed
