@@ -44,6 +44,15 @@ LOSS_OPTIONS = {
 # (measured at alpha 0.01), whose bounded loss already limits a wrong label's pull.
 NOISY_WEIGHT = {"*": 0.5, "elr": 1.0, "sce": 1.0}
 
+# CA-SAM's perturbations per batch when none is given (docs/casam-split.md, rounds 19-21): in runs of
+# LONG_RUN epochs or more, one perturbation per batch lets the network memorise the wrong labels and the
+# split decays; a perturbation per group of 16 samples holds both (40 epochs: ahead in held-out accuracy on
+# every tuning seed at symmetric 50 % and 80 %, asymmetric and instance 40 %). In 20 epochs they are level and cost
+# 2.5x per step, and between 20 and 40 nothing was measured, so shorter runs keep one perturbation.
+# Runs that cannot take groups (fp16, log_cosine, several processes) keep one too.
+LONG_RUN = 40
+GROUPS_IN_LONG_RUNS = 8
+
 # option -> (the option that decides whether it applies, the values for which it does)
 _USED_BY = {
     "rho": ("optimizer", ("sam", "asam", "casam")),
@@ -123,7 +132,7 @@ class TrainConfig:
     perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's perturbation, 1: SAM's direction)
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
     perturb_cutoff: float | None = 0.6667  # mu 0 instead if the history's noise estimate after the warm-up is above this (round 9)
-    perturb_groups: int = 1  # G > 1: a perturbation per group of the batch, each with its share of clean samples (round 19)
+    perturb_groups: int | None = None  # G > 1: a perturbation per group of the batch, each with its share of clean samples (round 19); None: see LONG_RUN
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -206,6 +215,8 @@ class TrainConfig:
             raise ConfigError(f"perturb_weight (mu) must be in [0, 1]; got {self.perturb_weight}")
         if self.perturb_cutoff is not None and not 0 < self.perturb_cutoff <= 1:
             raise ConfigError(f"perturb_cutoff (the noise estimate above which mu is 0) must be in (0, 1] or none; got {self.perturb_cutoff}")
+        if self.perturb_groups is None:  # the saved config records the value used
+            self.perturb_groups = self.default_perturb_groups()
         if self.perturb_groups < 1:
             raise ConfigError(f"perturb_groups must be at least 1; got {self.perturb_groups}")
         if self.perturb_groups > 1 and (self.precision == "fp16" or self.log_cosine):
@@ -246,6 +257,17 @@ class TrainConfig:
                 "use --optimizer sam (or asam) with --selection coteaching"
             )
         return self
+
+    def default_perturb_groups(self) -> int:
+        """CA-SAM's G when none is given: GROUPS_IN_LONG_RUNS for runs of LONG_RUN epochs or more that can take groups, else 1."""
+        from casam.distributed import launched_world_size
+
+        try:
+            one_process = launched_world_size() == 1
+        except ValueError as error:  # a WORLD_SIZE that is not a number
+            raise ConfigError(str(error)) from None
+        can_group = self.optimizer == "casam" and self.precision != "fp16" and not self.log_cosine and one_process
+        return GROUPS_IN_LONG_RUNS if can_group and self.epochs >= LONG_RUN else 1
 
     def loss_preset(self) -> str:
         """Whose published loss settings apply: CIFAR-100's for CIFAR-100, CIFAR-10's (the papers' defaults) otherwise."""
@@ -370,7 +392,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Options a run's config.yaml may lack because the run was saved before they existed, with the value
 # such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
 # of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
-BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None}
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1}
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

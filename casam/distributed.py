@@ -65,7 +65,7 @@ def setup(device: str = "auto") -> torch.device:
         raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda'; got {device!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else _env_int("WORLD_SIZE", 1)
+    size = launched_world_size()
     if size <= 1:
         return torch.device(device)
     kind = torch.device(device).type
@@ -98,6 +98,13 @@ def cleanup() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- who am I
+def launched_world_size() -> int:
+    """The number of processes this run is one of: the process group's, else torchrun's WORLD_SIZE, else 1.
+
+    Readable before `setup`, so that a configuration can default to what one process can do."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else _env_int("WORLD_SIZE", 1)
+
+
 def is_distributed() -> bool:
     """True when a process group with more than one rank is running."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -104,3 +104,29 @@ def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path
     assert "noisy_weight: 1.0" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="noisy_weight only applies with optimizer casam"):
         resolve(overrides={"optimizer": "sgd", "loss": "elr", "noisy_weight": "1"}, strict=True)
+
+
+def test_casam_perturb_groups_default_depends_on_the_run_length_and_is_saved_resolved(tmp_path, monkeypatch):
+    """docs/casam-split.md, round 21: 8 groups in runs of 40 epochs or more (casam train's own default),
+    one perturbation in shorter runs and wherever groups cannot run; a given value always stays."""
+    import yaml
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resolve().perturb_groups == 8  # the main job: 40 epochs
+    assert resolve(overrides={"epochs": "39"}).perturb_groups == resolve(overrides={"epochs": "20"}).perturb_groups == 1
+    assert resolve(overrides={"perturb_groups": "1"}).perturb_groups == 1
+    assert resolve(overrides={"epochs": "20", "perturb_groups": "4"}).perturb_groups == 4
+    for cannot_group in ({"optimizer": "sam"}, {"log_cosine": "true"}, {"device": "cuda", "precision": "fp16"}):
+        assert resolve(overrides=cannot_group).perturb_groups == 1, cannot_group
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun
+    assert resolve().perturb_groups == 1
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE must be an integer"):
+        resolve()
+    monkeypatch.delenv("WORLD_SIZE")
+    save_yaml(resolve(), tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["perturb_groups"] == 8
+    del saved["perturb_groups"]  # a run from before round 19 ran with one perturbation
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).perturb_groups == 1

@@ -210,6 +210,18 @@ def test_reproduces_round_20_from_the_committed_runs(paired):
     assert all(row["candidate"]["test"] > row["default"]["test"] + 5 for row in result["rows"])
 
 
+@pytest.mark.parametrize("setting, figures", [("asymmetric-0.4", (1.25, 0.26, 0.3)), ("instance-0.4", (3.42, 0.74, 0.85))])
+def test_reproduces_round_21_from_the_committed_runs(paired, setting, figures):
+    """docs/casam-split.md, finding 25: in 40 epochs 8 groups are ahead on every seed at asymmetric and
+    instance 40 % too, by more than two standard errors, and end with a higher test accuracy on each."""
+    result = paired.compare(ROOT / "docs" / "casam-40epochs" / "runs", "casam+ce", "casam+ce@groups8",
+                            pairs=[f"{setting}:100-102"], guard=None)
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == figures
+    assert result["n"] == 3 and result["a"] and result["b"] and result["verdict"] == "adopt"
+    assert all(row["candidate"]["memorization"] < row["default"]["memorization"] / 2 for row in result["rows"])
+    assert all(row["candidate"]["test"] > row["default"]["test"] + 2 for row in result["rows"])
+
+
 def test_reproduces_round_14_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
@@ -306,3 +318,13 @@ def test_default_from_another_report_pairs_only_runs_on_the_same_held_out_images
         paired.main([str(runs), "--default", "base", "--candidate", "cand", "--pairs", "symmetric-0.5:100",
                      "--guard", "none", "--default-runs", str(other)])
     assert "do not share their held-out images: val_size differ" in capsys.readouterr().err
+
+
+def test_reproduces_round_21_at_80_percent_and_its_guard(paired):
+    """docs/casam-split.md, round 21: at symmetric 80 % 8 groups are not behind on any seed (the guard that
+    let them become the default in long runs), though not ahead by two standard errors."""
+    result = paired.compare(ROOT / "docs" / "casam-40epochs" / "runs", "casam+ce", "casam+ce@groups8",
+                            pairs=["symmetric-0.8:100-102"], guard=None)
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.7, 0.88, 1.02)
+    assert result["n"] == 3 and not result["a"] and result["b"] and min(row["d"] for row in result["rows"]) > -1
+    assert all(row["candidate"]["memorization"] < row["default"]["memorization"] * 0.6 for row in result["rows"])

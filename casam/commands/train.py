@@ -9,7 +9,7 @@ import typing
 
 from casam.cli import OneLineErrorParser
 
-from casam.config import LOSS_OPTIONS, NOISY_WEIGHT, TrainConfig, field_types
+from casam.config import GROUPS_IN_LONG_RUNS, LONG_RUN, LOSS_OPTIONS, NOISY_WEIGHT, TrainConfig, field_types
 from casam.losses import PUBLISHED
 
 # Options a resumed run may change: they do not alter what is computed.
@@ -47,7 +47,8 @@ HELP = {
     "perturb_from": "CA-SAM: clean (the method), noisy (a control: perturb from the likely-noisy samples) or confidence (no mask: each sample weighted by its history's probability of its given label)",
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_cutoff": "CA-SAM: mu 0 instead if the history's noise estimate after the warm-up is above this (none: mu always)",
-    "perturb_groups": "CA-SAM: G perturbations per batch, one per group of B/G samples with an equal share of likely-clean ones (m-sharpness; 1: one per batch; one process only)",
+    "perturb_groups": "CA-SAM: G perturbations per batch, one per group of B/G samples with an equal share of likely-clean ones (m-sharpness; 1: one per batch; one process only; "
+    f"none: {GROUPS_IN_LONG_RUNS} in runs of {LONG_RUN} epochs or more, 1 in shorter ones, under torchrun, with fp16 or --log-cosine)",
     "perturb_weight": "CA-SAM mu: weight of the likely-noisy samples in the perturbation (0: the paper's perturbation, 1: SAM's direction)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",
