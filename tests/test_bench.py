@@ -365,13 +365,13 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
 @pytest.mark.parametrize(
     "grid, out",
     [("grid.yaml", "benchmarks"), ("casam-ablation.yaml", "benchmarks"), ("casam-study.yaml", "casam-study"), ("casam-tuning.yaml", "casam-tuning"),
-     ("baselines-tuning.yaml", "baselines-tuning")],
+     ("baselines-tuning.yaml", "baselines-tuning"), ("casam-40epochs.yaml", "casam-40epochs")],
 )
 def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as
     they were run: a changed default would otherwise make `casam bench` refuse (or mix) the published
     table. The grids pin the old values where a default moved (CA-SAM's mu and cutoff in round 9, lambda in
-    round 10)."""
+    round 10, one perturbation per batch in 40-epoch runs in round 21)."""
     runs = expand_grid(load_grid(REPO / "benchmarks" / grid), out=REPO / "docs" / out)
     published = [r for r in runs if (r.run_dir / "config.yaml").is_file()]
     assert len(published) >= 10  # the folders are there to compare with
