@@ -219,8 +219,8 @@ class TrainConfig:
             self.perturb_groups = self.default_perturb_groups()
         if self.perturb_groups < 1:
             raise ConfigError(f"perturb_groups must be at least 1; got {self.perturb_groups}")
-        if self.perturb_groups > 1 and (self.precision == "fp16" or self.log_cosine):
-            raise ConfigError("perturb_groups above 1 runs without a gradient scaler and without log_cosine: use precision fp32 or bf16, log_cosine false")
+        if self.perturb_groups > 1 and (reason := self.why_one_perturbation()):
+            raise ConfigError(reason)
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it
@@ -260,14 +260,27 @@ class TrainConfig:
 
     def default_perturb_groups(self) -> int:
         """CA-SAM's G when none is given: GROUPS_IN_LONG_RUNS for runs of LONG_RUN epochs or more that can take groups, else 1."""
+        long_casam_run = self.optimizer == "casam" and self.epochs >= LONG_RUN
+        return GROUPS_IN_LONG_RUNS if long_casam_run and self.why_one_perturbation() is None else 1
+
+    def why_one_perturbation(self) -> str | None:
+        """Why this run cannot take perturbation groups (the refusal for an explicit G > 1), or None if it can.
+
+        Groups run their SAM steps without a gradient scaler, without the cosine's extra backward, and in one
+        process (under torchrun each rank already takes its own perturbation with --sam-sync false). The
+        default picks 1 for the same reasons, so a default run is never refused.
+        """
         from casam.distributed import launched_world_size
 
+        if self.precision == "fp16" or self.log_cosine:
+            return "perturb_groups above 1 runs without a gradient scaler and without log_cosine: use precision fp32 or bf16, log_cosine false"
         try:
-            one_process = launched_world_size() == 1
+            processes = launched_world_size()
         except ValueError as error:  # a WORLD_SIZE that is not a number
             raise ConfigError(str(error)) from None
-        can_group = self.optimizer == "casam" and self.precision != "fp16" and not self.log_cosine and one_process
-        return GROUPS_IN_LONG_RUNS if can_group and self.epochs >= LONG_RUN else 1
+        if processes > 1:
+            return "perturb_groups above 1 runs in one process; under torchrun use --sam-sync false for a perturbation per rank"
+        return None
 
     def loss_preset(self) -> str:
         """Whose published loss settings apply: CIFAR-100's for CIFAR-100, CIFAR-10's (the papers' defaults) otherwise."""

@@ -405,8 +405,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     try:
         if not distributed.is_distributed():
             device = pick_device(config.device)
-        elif config.perturb_groups > 1:
-            raise ConfigError("perturb_groups above 1 runs in one process; under torchrun use --sam-sync false for a perturbation per rank")
         summary = _train(config, device, resume=resume, overwrite=overwrite, log=log)
     except (ConfigError, RunDirError, TrainingDiverged, checkpoint.CheckpointError):
         distributed.cleanup()  # decided from shared state, so raised alike on every rank: leave the group together
