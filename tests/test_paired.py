@@ -222,6 +222,20 @@ def test_reproduces_round_21_from_the_committed_runs(paired, setting, figures):
     assert all(row["candidate"]["test"] > row["default"]["test"] + 2 for row in result["rows"])
 
 
+def test_reproduces_round_22_from_the_committed_runs(paired):
+    """docs/casam-split.md, finding 26: in 30 epochs 8 groups are already ahead on every seed by more than two
+    standard errors; one perturbation's memorisation has begun (more than twice the groups') and its split
+    ends less precise on every seed."""
+    result = paired.compare(ROOT / "docs" / "casam-30epochs" / "runs", "casam+ce", "casam+ce@groups8",
+                            pairs=["symmetric-0.5:100-102"], guard=None)
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.65, 0.12, 0.13)
+    assert result["n"] == 3 and result["a"] and result["b"] and result["verdict"] == "adopt"
+    for row in result["rows"]:
+        one, groups = row["default"], row["candidate"]
+        assert groups["memorization"] < one["memorization"] / 2 and groups["lowest_precision"] > one["lowest_precision"] + 1
+        assert groups["test"] > one["test"] + 1
+
+
 def test_reproduces_round_14_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 17: rho 0.1 behind on every pair at symmetric 50 %, out there."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
