@@ -70,19 +70,7 @@ def make_runner(kind: str, model_name: str, *, batch: int, num_classes: int, see
                 losses2 = F.cross_entropy(model(x), y, reduction="none")
             opt.second_step(losses2)
 
-    elif kind == "casam":
-        history = SampleHistory(HISTORY_SIZE, num_classes, criterion="agreement")
-        opt = CASAM(model.parameters(), torch.optim.SGD, history=history, rho=0.05, warmup_epochs=0, **kwargs)
-
-        def step():
-            logits = model(x)
-            losses = F.cross_entropy(logits, y, reduction="none")
-            opt.first_step(losses, logits=logits, indices=idx, labels=y)
-            with frozen_bn_stats(model):
-                losses2 = F.cross_entropy(model(x), y, reduction="none")
-            opt.second_step(losses2)
-
-    elif kind == "casam-groups":
+    elif kind in ("casam", "casam-groups"):
         history = SampleHistory(HISTORY_SIZE, num_classes, criterion="agreement")
         opt = CASAM(model.parameters(), torch.optim.SGD, history=history, rho=0.05, warmup_epochs=0, **kwargs)
 
@@ -93,7 +81,11 @@ def make_runner(kind: str, model_name: str, *, batch: int, num_classes: int, see
         def step():
             logits = model(x)
             losses = F.cross_entropy(logits, y, reduction="none")
-            opt.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=groups)
+            if kind == "casam-groups":
+                opt.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=groups)
+                return
+            opt.first_step(losses, logits=logits, indices=idx, labels=y)
+            opt.second_step(losses_of(slice(None), y))
 
     else:
         raise ValueError(f"unknown optimizer {kind!r}")
