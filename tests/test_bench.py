@@ -365,7 +365,7 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
 @pytest.mark.parametrize(
     "grid, out",
     [("grid.yaml", "benchmarks"), ("casam-ablation.yaml", "benchmarks"), ("casam-study.yaml", "casam-study"), ("casam-tuning.yaml", "casam-tuning"),
-     ("baselines-tuning.yaml", "baselines-tuning"), ("casam-40epochs.yaml", "casam-40epochs")],
+     ("baselines-tuning.yaml", "baselines-tuning"), ("casam-40epochs.yaml", "casam-40epochs"), ("casam-30epochs.yaml", "casam-30epochs")],
 )
 def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as
@@ -374,7 +374,7 @@ def test_shipped_grids_match_the_runs_they_published(grid, out):
     round 10, one perturbation per batch in 40-epoch runs in round 21)."""
     runs = expand_grid(load_grid(REPO / "benchmarks" / grid), out=REPO / "docs" / out)
     published = [r for r in runs if (r.run_dir / "config.yaml").is_file()]
-    assert len(published) >= 10  # the folders are there to compare with
+    assert len(published) >= min(10, len(runs))  # the folders are there to compare with
     check_run_folders(published)
 
 

@@ -1,0 +1,31 @@
+"""The figures the docs print are the ones the committed runs make: the benchmark report re-made from its
+run folders is the committed one, and the headline tables in README.md and docs/benchmarks.md are its."""
+
+import re
+from pathlib import Path
+
+from casam.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+REPORT = REPO / "docs" / "benchmarks"
+
+
+def headline_tables(text: str) -> list[str]:
+    """Every markdown table in `text` whose header starts with `| method | symmetric:0.2 |`."""
+    return [m.group(0) for m in re.finditer(r"^\| method \| symmetric:0\.2 \|.*\n(?:\|.*\n)+", text, flags=re.MULTILINE)]
+
+
+def test_benchmark_report_is_remade_from_its_runs(tmp_path):
+    (tmp_path / "runs").symlink_to(REPORT / "runs", target_is_directory=True)
+    main(["bench", "--grid", str(REPO / "benchmarks" / "grid.yaml"), "--out", str(tmp_path), "--report-only", "--no-progress"])
+    assert (tmp_path / "table.md").read_text() == (REPORT / "table.md").read_text()
+    assert (tmp_path / "results.csv").read_text() == (REPORT / "results.csv").read_text()
+
+
+def test_headline_tables_in_the_docs_are_the_reports():
+    [report] = headline_tables((REPORT / "table.md").read_text())
+    for doc in (REPO / "README.md", REPO / "docs" / "benchmarks.md"):
+        tables = headline_tables(doc.read_text())
+        assert tables, f"{doc.name} has no headline table"
+        for table in tables:
+            assert table == report, f"{doc.name}'s headline table differs from docs/benchmarks/table.md"
