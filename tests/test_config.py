@@ -118,6 +118,10 @@ def test_casam_perturb_groups_default_depends_on_the_run_length_and_is_saved_res
     assert resolve(overrides={"epochs": "20", "perturb_groups": "4"}).perturb_groups == 4
     for cannot_group in ({"optimizer": "sam"}, {"log_cosine": "true"}, {"device": "cuda", "precision": "fp16"}):
         assert resolve(overrides=cannot_group).perturb_groups == 1, cannot_group
+    for robust in ("elr", "sce"):  # round 23: level with ELR, behind with SCE
+        assert resolve(overrides={"loss": robust}).perturb_groups == 1, robust
+    assert resolve(overrides={"loss": "gce"}).perturb_groups == 8  # not measured: cross-entropy's default
+    assert resolve(overrides={"loss": "elr", "perturb_groups": "8"}).perturb_groups == 8
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: the default picks 1, an explicit G > 1 is refused before any process group
     assert resolve().perturb_groups == 1
     with pytest.raises(ConfigError, match="perturb_groups above 1 runs in one process"):

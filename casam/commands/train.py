@@ -48,7 +48,8 @@ HELP = {
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_cutoff": "CA-SAM: mu 0 instead if the history's noise estimate after the warm-up is above this (none: mu always)",
     "perturb_groups": "CA-SAM: G perturbations per batch, one per group of B/G samples with an equal share of likely-clean ones (m-sharpness; 1: one per batch; one process only; "
-    f"none: {GROUPS_IN_LONG_RUNS} in runs of {LONG_RUN} epochs or more, 1 in shorter ones, under torchrun, with fp16 or --log-cosine)",
+    f"none: {GROUPS_IN_LONG_RUNS['*']} in runs of {LONG_RUN} epochs or more, 1 in shorter ones, under torchrun, with fp16 or --log-cosine"
+    + "".join(f", {g} with --loss {loss}" for loss, g in GROUPS_IN_LONG_RUNS.items() if loss != "*") + ")",
     "perturb_weight": "CA-SAM mu: weight of the likely-noisy samples in the perturbation (0: the paper's perturbation, 1: SAM's direction)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",

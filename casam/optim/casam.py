@@ -321,8 +321,8 @@ class CASAM(SAM):
         batch rows `rows` against `targets` at the current weights, with their graph (normalisation
         statistics frozen: the whole-batch pass has updated them). Each group costs two forward and two
         backward passes of its rows: in arithmetic a step is SAM's plus one forward pass, in time on a
-        CPU much more, as small batches use it poorly (2.49x CA-SAM's step at 8 groups of 16,
-        benchmarks/step_time.py).
+        CPU more, as small batches use several threads poorly (CA-SAM's step x2.49 at 8 groups of 16 on
+        two threads, x1.3-1.4 on one; benchmarks/step_time.py).
         In the warm-up, or when the batch is too small for two samples per group, the step is
         `first_step` and `second_step` on the whole batch. One process only, no gradient scaler.
         Returns C, the (B,) likely-clean mask.
