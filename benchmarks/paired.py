@@ -9,7 +9,8 @@ rounds judge the per-seed difference d = held-out(candidate) - held-out(default)
 baselines' rounds (written in benchmarks/casam-tuning.yaml and baselines-tuning.yaml before the runs):
 
   (a) mean(d) over all pairs > 2 SE, with SE = sd(d) / sqrt(n);
-  (b) mean(d) > 0 at each setting;
+  (b) mean(d) > 0 at each setting (the rules of rounds 20-24 ask more: every d > 0, printed as (b+)
+      and returned as `every_d_positive`);
   (c) at the guard (symmetric 80 %, seed 100) the candidate is at most `--guard-margin` points below
       the guard's default (`--guard-default`, the default method unless given).
 
@@ -129,7 +130,8 @@ def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUN
               "sd_d": statistics.stdev(ds) if len(ds) > 1 else float("nan"), "two_se": 2 * se,
               "setting_means": setting_means, "rows": rows, "pending": pending,
               "a": len(ds) > 1 and mean > 2 * se,
-              "b": bool(setting_means) and all(value > 0 for value in setting_means.values())}
+              "b": bool(setting_means) and all(value > 0 for value in setting_means.values()),
+              "every_d_positive": bool(ds) and all(d > 0 for d in ds)}
     if guard is not None:
         noise, seeds = parse_pairs(guard)
         if len(seeds) != 1:
@@ -211,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"(a) mean d {result['mean_d']:+.3f} over {result['n']} pairs, sd {result['sd_d']:.3f}, "
           f"2 SE {result['two_se']:.3f}: {'yes' if result['a'] else 'no'}")
     print(f"(b) positive at each setting: {'yes' if result['b'] else 'no'}")
+    print(f"(b+) positive on every pair: {'yes' if result['every_d_positive'] else 'no'}")
     if result["guard"] is not None:
         g = result["guard"]
         print(f"(c) guard: {g['candidate']['held_out']:.2f} against {g['default']['held_out']:.2f} "

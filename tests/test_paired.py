@@ -229,7 +229,7 @@ def test_reproduces_round_22_from_the_committed_runs(paired):
     result = paired.compare(ROOT / "docs" / "casam-30epochs" / "runs", "casam+ce", "casam+ce@groups8",
                             pairs=["symmetric-0.5:100-102"], guard=None)
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.65, 0.12, 0.13)
-    assert result["n"] == 3 and result["a"] and result["b"] and result["verdict"] == "adopt"
+    assert result["n"] == 3 and result["a"] and result["b"] and result["every_d_positive"] and result["verdict"] == "adopt"
     for row in result["rows"]:
         one, groups = row["default"], row["candidate"]
         assert groups["memorization"] < one["memorization"] / 2 and groups["lowest_precision"] > one["lowest_precision"] + 1
@@ -244,7 +244,7 @@ def test_reproduces_round_23_from_the_committed_runs(paired, loss, figures):
     result = paired.compare(ROOT / "docs" / "casam-40epochs-losses" / "runs", f"casam+{loss}", f"casam+{loss}@groups8",
                             pairs=["symmetric-0.5:100-102"], guard=None)
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == figures
-    assert result["n"] == 3 and not result["a"] and result["verdict"] == "keep"
+    assert result["n"] == 3 and not result["a"] and not result["every_d_positive"] and result["verdict"] == "keep"
     for row in result["rows"]:
         one, groups = row["default"], row["candidate"]
         assert one["memorization"] < 6 and groups["memorization"] < one["memorization"] and groups["recall"] < one["recall"]
