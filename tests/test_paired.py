@@ -236,6 +236,17 @@ def test_reproduces_round_22_from_the_committed_runs(paired):
         assert groups["test"] > one["test"] + 1
 
 
+def test_reproduces_round_24_at_asymmetric_noise_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 24: in 30 epochs 8 groups pass at asymmetric 40 % too, memorising fewer wrong
+    labels and ending higher on every seed."""
+    result = paired.compare(ROOT / "docs" / "casam-30epochs" / "runs", "casam+ce", "casam+ce@groups8",
+                            pairs=["asymmetric-0.4:100-102"], guard=None)
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.52, 0.22, 0.25)
+    assert result["n"] == 3 and result["a"] and result["every_d_positive"] and result["verdict"] == "adopt"
+    for row in result["rows"]:
+        assert row["candidate"]["memorization"] < row["default"]["memorization"] - 5 and row["candidate"]["test"] > row["default"]["test"] + 1
+
+
 @pytest.mark.parametrize("loss, figures", [("elr", (0.02, 0.22, 0.26)), ("sce", (-0.26, 0.1, 0.12))])
 def test_reproduces_round_23_from_the_committed_runs(paired, loss, figures):
     """docs/casam-split.md, finding 27: with ELR's or SCE's loss 8 groups do not pass in 40 epochs; one
