@@ -58,6 +58,12 @@ NOISY_WEIGHT = {"*": 0.5, "elr": 1.0, "sce": 1.0}
 LONG_RUN = 40
 GROUPS_IN_LONG_RUNS = {"*": 8, "elr": 1, "sce": 1}
 
+
+def by_loss(table: dict[str, Any], loss: str) -> Any:
+    """A by-loss default table's value for `loss` ("*": every loss not named)."""
+    return table.get(loss, table["*"])
+
+
 # option -> (the option that decides whether it applies, the values for which it does)
 _USED_BY = {
     "rho": ("optimizer", ("sam", "asam", "casam")),
@@ -229,7 +235,7 @@ class TrainConfig:
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it
-            self.noisy_weight = NOISY_WEIGHT.get(self.loss, NOISY_WEIGHT["*"])
+            self.noisy_weight = by_loss(NOISY_WEIGHT, self.loss)
         if not 0 <= self.noisy_weight <= 1:
             raise ConfigError(f"noisy_weight (lambda) must be in [0, 1]; got {self.noisy_weight}")
         if self.forget_rate is not None and not 0 <= self.forget_rate < 1:
@@ -266,8 +272,8 @@ class TrainConfig:
     def default_perturb_groups(self) -> int:
         """CA-SAM's G when none is given: GROUPS_IN_LONG_RUNS (by loss) for runs of LONG_RUN epochs or more that can take groups, else 1."""
         long_casam_run = self.optimizer == "casam" and self.epochs >= LONG_RUN
-        groups = GROUPS_IN_LONG_RUNS.get(self.loss, GROUPS_IN_LONG_RUNS["*"])
-        return groups if long_casam_run and self.why_one_perturbation() is None else 1
+        can_group = long_casam_run and self.why_one_perturbation() is None
+        return by_loss(GROUPS_IN_LONG_RUNS, self.loss) if can_group else 1
 
     def why_one_perturbation(self) -> str | None:
         """Why this run cannot take perturbation groups (the refusal for an explicit G > 1), or None if it can.

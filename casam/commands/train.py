@@ -15,6 +15,12 @@ from casam.losses import PUBLISHED
 # Options a resumed run may change: they do not alter what is computed.
 RESUMABLE_OVERRIDES = ("device", "progress", "tensorboard", "data_dir")
 
+
+def _named_losses(table: dict) -> str:
+    """A by-loss default table's named entries for --help: '1 with --loss elr, 1 with --loss sce'."""
+    return ", ".join(f"{value:g} with --loss {loss}" for loss, value in table.items() if loss != "*")
+
+
 HELP = {
     "dataset": "fashion-mnist, cifar10, cifar100 or digits",
     "train_subset": "train on a seeded subset of N samples (none: the whole split)",
@@ -42,14 +48,13 @@ HELP = {
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "history_slow_beta": "CA-SAM agreement: momentum of a second, slower EMA that must also agree with the label (none: one memory)",
     "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update; "
-    "none: " + ", ".join(f"{w:g} with --loss {loss}" for loss, w in NOISY_WEIGHT.items() if loss != "*")
-    + f", {NOISY_WEIGHT['*']:g} otherwise)",
+    f"none: {_named_losses(NOISY_WEIGHT)}, {NOISY_WEIGHT['*']:g} otherwise)",
     "perturb_from": "CA-SAM: clean (the method), noisy (a control: perturb from the likely-noisy samples) or confidence (no mask: each sample weighted by its history's probability of its given label)",
     "perturb_balance": "CA-SAM with mu: each side by its mean (mean_C + mu mean_N), the same mu at any noise level",
     "perturb_cutoff": "CA-SAM: mu 0 instead if the history's noise estimate after the warm-up is above this (none: mu always)",
     "perturb_groups": "CA-SAM: G perturbations per batch, one per group of B/G samples with an equal share of likely-clean ones (m-sharpness; 1: one per batch; one process only; "
-    f"none: {GROUPS_IN_LONG_RUNS['*']} in runs of {LONG_RUN} epochs or more, 1 in shorter ones, under torchrun, with fp16 or --log-cosine"
-    + "".join(f", {g} with --loss {loss}" for loss, g in GROUPS_IN_LONG_RUNS.items() if loss != "*") + ")",
+    f"none: {GROUPS_IN_LONG_RUNS['*']} in runs of {LONG_RUN} epochs or more, 1 in shorter ones, under torchrun, with fp16 or --log-cosine, "
+    f"{_named_losses(GROUPS_IN_LONG_RUNS)})",
     "perturb_weight": "CA-SAM mu: weight of the likely-noisy samples in the perturbation (0: the paper's perturbation, 1: SAM's direction)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, CUDA only)",
