@@ -107,13 +107,14 @@ def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path
 
 
 def test_casam_perturb_groups_default_depends_on_the_run_length_and_is_saved_resolved(tmp_path, monkeypatch):
-    """docs/casam-split.md, round 21: 8 groups in runs of 40 epochs or more (casam train's own default),
-    one perturbation in shorter runs and wherever groups cannot run; a given value always stays."""
+    """docs/casam-split.md, rounds 21 and 24: 8 groups in runs of 30 epochs or more (casam train's own
+    default is 40), one perturbation in shorter runs and wherever groups cannot run; a given value always stays."""
     import yaml
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert resolve().perturb_groups == 8  # the main job: 40 epochs
-    assert resolve(overrides={"epochs": "39"}).perturb_groups == resolve(overrides={"epochs": "20"}).perturb_groups == 1
+    assert resolve(overrides={"epochs": "30"}).perturb_groups == 8
+    assert resolve(overrides={"epochs": "29"}).perturb_groups == resolve(overrides={"epochs": "20"}).perturb_groups == 1
     assert resolve(overrides={"perturb_groups": "1"}).perturb_groups == 1
     assert resolve(overrides={"epochs": "20", "perturb_groups": "4"}).perturb_groups == 4
     for cannot_group in ({"optimizer": "sam"}, {"log_cosine": "true"}, {"device": "cuda", "precision": "fp16"}):
