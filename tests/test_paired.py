@@ -268,7 +268,9 @@ def test_reproduces_round_25_with_elr_at_asymmetric_noise_from_the_committed_run
     result = paired.compare(runs, "casam+elr", "casam+elr@groups8", pairs=["asymmetric-0.4:100-102"], guard=None)
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.12, 0.29, 0.34)
     assert result["n"] == 3 and not result["a"] and not result["every_d_positive"] and result["verdict"] == "keep"
-    for metrics in (runs / "asymmetric-0.4" / "casam+elr").glob("seed*/metrics.jsonl"):
+    one_perturbation = sorted((runs / "asymmetric-0.4" / "casam+elr").glob("seed*/metrics.jsonl"))
+    assert len(one_perturbation) == 3
+    for metrics in one_perturbation:
         test = [epoch["test_acc"] for epoch in read_metrics(metrics)]
         assert len(test) == 40 and max(test) - test[-1] < 0.01
 
