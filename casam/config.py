@@ -54,8 +54,8 @@ NOISY_WEIGHT = {"*": 0.5, "elr": 1.0, "sce": 1.0}
 # Runs that cannot take groups (fp16, log_cosine, several processes) keep one too. By loss (round 23): with
 # ELR's or SCE's loss one perturbation does not decay in 40 epochs (the loss already holds the wrong labels
 # off), and 8 groups were level with ELR (held-out +0.02, sd 0.22; at asymmetric 40 % +0.12, sd 0.29, round
-# 25) and behind with SCE (-0.26, 2 SE 0.12) at symmetric 50 %, so those keep one perturbation at any length;
-# other losses were not measured and keep cross-entropy's 8.
+# 25) and behind with SCE (-0.26, 2 SE 0.12; at asymmetric 40 % -1.16, two runs stalled at 70-76 %, round 25),
+# so those keep one perturbation at any length; other losses were not measured and keep cross-entropy's 8.
 LONG_RUN = 30
 GROUPS_IN_LONG_RUNS = {"*": 8, "elr": 1, "sce": 1}
 
