@@ -203,21 +203,31 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
     assert strip(switched) == same
 
 
-def test_perturb_groups_reaches_the_training_loop_after_the_warmup(tmp_path):
+def test_perturb_groups_reaches_the_training_loop_after_the_warmup(tmp_path, capsys):
     """--perturb-groups 4: the warm-up epochs are the one-perturbation run's metric for metric (grouped_step
-    is plain SAM there), the epochs after it differ, and the run folder records the option."""
+    is plain SAM there), the epochs after it differ, and the run folder and the summary record the option."""
     def run(name, *extra):
+        capsys.readouterr()
         out = tmp_path / name
         assert main([
             "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", "3", "--warmup", "2",
             "--warmup-rho", "none", "--lr", "0.1", "--noise", "symmetric:0.4", "--out", str(out), "--progress", "false",
             "--tensorboard", "false", *extra,
         ]) == 0
-        return out, rows(out)
+        return out, rows(out), capsys.readouterr().out.splitlines()[0]
 
-    one_dir, one = run("one")
-    four_dir, four = run("four", "--perturb-groups", "4")
+    one_dir, one, one_title = run("one")
+    four_dir, four, four_title = run("four", "--perturb-groups", "4")
     assert four[:2] == one[:2] and four[2] != one[2]
+    assert one_title == "casam train: casam+ce on digits (symmetric:0.4), 3 epochs, seed 0"  # one perturbation: the classic step, unsaid
+    assert four_title == one_title + ", a perturbation per group (4 groups per batch)"
+    # --resume on a finished run trains nothing and prints its summary again (how the README's first demo
+    # output got its title line): same metrics, same summary
+    summary = (four_dir / "summary.json").read_text()
+    assert main(["train", "--resume", str(four_dir)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[:2] == [f"casam: resuming {four_dir} after epoch 3 (checkpoint.pt)", four_title]
+    assert rows(four_dir) == four and (four_dir / "summary.json").read_text() == summary
     assert resolve(yaml_path=str(four_dir / "config.yaml")).perturb_groups == 4
     assert resolve(yaml_path=str(one_dir / "config.yaml")).perturb_groups == 1
 
