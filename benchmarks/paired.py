@@ -17,7 +17,12 @@ baselines' rounds (written in benchmarks/casam-tuning.yaml and baselines-tuning.
 Prints the docs' table rows (held-out and test accuracy, the lowest selection precision of the run,
 its last recall and memorisation, for both methods), the per-setting means, each condition with its
 figures, and as its last line a JSON object with the same figures and `verdict`: "adopt", "keep" or
-"pending" (a pair or the guard not finished: run folders count once their summary.json exists).
+"pending" (a pair or the guard not finished: run folders count once their summary.json exists); "report"
+with `--score test`.
+
+`--score test` pairs the runs on test accuracy at the last epoch instead, for runs without held-out
+data: a report on the table's seeds, where nothing is tuned and the table's own figure is the one to
+pair (round 26, benchmarks/table-30epochs.yaml). Never for a tuning rule: that would tune on the test set.
 
 `--default-runs` takes the default's runs from another report (CA-SAM+SCE in docs/casam-tuning against
 SGD+SCE in docs/baselines-tuning); two runs are paired only if their configs draw the same held-out
@@ -55,8 +60,13 @@ def parse_pairs(spec: str) -> tuple[str, list[int]]:
     return noise, list(range(first_seed, last_seed + 1))
 
 
-def run_figures(folder: Path) -> dict | None:
+SCORES = {"held-out": "held_out", "test": "test"}  # --score -> the figure d is taken on
+
+
+def run_figures(folder: Path, *, held_out: bool = True) -> dict | None:
     """A finished run's last-epoch figures in % (None while it has no summary.json).
+
+    held_out=False: a run without held-out data is accepted (its `held_out` is NaN).
 
     `lowest_precision` is `casam bench`'s (`casam.bench.epoch_figures`): over the epochs whose split set
     samples aside, as the warm-up's all-clean epochs would hide nothing. NaN for methods without a split.
@@ -65,7 +75,7 @@ def run_figures(folder: Path) -> dict | None:
         return None
     rows = read_metrics(folder / "metrics.jsonl")
     figures = epoch_figures(rows)
-    if figures["val_acc"] is None:
+    if figures["val_acc"] is None and held_out:
         raise ValueError(f"{folder} has no held-out accuracy: was it run with --val-size or --val-fraction?")
     last = rows[-1]
 
@@ -91,17 +101,23 @@ def check_same_held_out(base: Path, cand: Path) -> None:
 def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUNDS_PAIRS,
             guard: str | None = ROUNDS_GUARD, guard_default: str | None = None,
             guard_margin: float = 1.0, default_for: list[tuple[str, str]] = (),
-            candidate_for: list[tuple[str, str]] = (), default_runs: Path | None = None) -> dict:
+            candidate_for: list[tuple[str, str]] = (), default_runs: Path | None = None,
+            score: str = "held_out") -> dict:
     """The rule's figures for `candidate` against `default` under `runs/<noise>/<method>/seed<k>`.
+
+    score: "held_out" (the tuning rule's) or "test" (reports on the table's seeds; see the module docstring).
 
     default_for, candidate_for: (pairs spec, method) for pairs whose runs sit under another name
     (rounds 9-10 reuse round 8's `casam+ce@mu0.5` runs at symmetric 50 %, seeds 100-102).
     default_runs: the default's (and the guard default's) runs folder, if not `runs`.
     """
+    if score not in SCORES.values():
+        raise ValueError(f"score must be one of {', '.join(SCORES.values())}, got {score!r}")
     default_root = default_runs or runs
 
     def pair_figures(base_folder: Path, cand_folder: Path):
-        base, cand = run_figures(base_folder), run_figures(cand_folder)
+        need = score == "held_out"
+        base, cand = run_figures(base_folder, held_out=need), run_figures(cand_folder, held_out=need)
         if base is not None and cand is not None:
             check_same_held_out(base_folder, cand_folder)
         return base, cand
@@ -119,14 +135,14 @@ def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUN
             if base is None or cand is None:
                 pending.append(f"{noise}/seed{seed}")
                 continue
-            d = cand["held_out"] - base["held_out"]
+            d = cand[score] - base[score]
             rows.append({"setting": noise, "seed": seed, "default": base, "candidate": cand, "d": d})
             by_setting.setdefault(noise, []).append(d)
     ds = [row["d"] for row in rows]
     mean = statistics.mean(ds) if ds else float("nan")
     se = statistics.stdev(ds) / math.sqrt(len(ds)) if len(ds) > 1 else float("nan")
     setting_means = {noise: statistics.mean(values) for noise, values in by_setting.items()}
-    result = {"default": default, "candidate": candidate, "n": len(ds), "mean_d": mean,
+    result = {"default": default, "candidate": candidate, "score": score, "n": len(ds), "mean_d": mean,
               "sd_d": statistics.stdev(ds) if len(ds) > 1 else float("nan"), "two_se": 2 * se,
               "setting_means": setting_means, "rows": rows, "pending": pending,
               "a": len(ds) > 1 and mean > 2 * se,
@@ -142,11 +158,16 @@ def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUN
             pending.append(f"{noise}/seed{seeds[0]} (guard)")
             result["guard"], result["c"] = None, False
         else:
-            result["guard"] = {"default": base, "candidate": cand, "d": cand["held_out"] - base["held_out"]}
+            result["guard"] = {"default": base, "candidate": cand, "d": cand[score] - base[score]}
             result["c"] = result["guard"]["d"] >= -guard_margin
     else:
         result["guard"], result["c"] = None, True
-    result["verdict"] = "pending" if pending else ("adopt" if result["a"] and result["b"] and result["c"] else "keep")
+    if pending:
+        result["verdict"] = "pending"
+    elif score == "test":
+        result["verdict"] = "report"  # no default moves on the test set
+    else:
+        result["verdict"] = "adopt" if result["a"] and result["b"] and result["c"] else "keep"
     return result
 
 
@@ -166,7 +187,8 @@ def _fmt(value: float, digits: int) -> str:
 def table(result: dict, labels: tuple[str, str]) -> list[str]:
     """The docs' markdown rows: default then candidate in each column pair."""
     a, b = labels
-    lines = [f"| setting | seed | held-out: {a} | {b} | d | test: {a} | {b} | lowest P: {a} | {b} "
+    d = "d" if result.get("score", "held_out") == "held_out" else "d (test)"
+    lines = [f"| setting | seed | held-out: {a} | {b} | {d} | test: {a} | {b} | lowest P: {a} | {b} "
              f"| recall: {a} | {b} | mem.: {a} | {b} |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in result["rows"]:
@@ -189,6 +211,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guard", default=ROUNDS_GUARD, help="noise:seed, or 'none'")
     parser.add_argument("--guard-default", help="the guard's default method (default: --default)")
     parser.add_argument("--guard-margin", type=float, default=1.0, help="points the candidate may lose at the guard")
+    parser.add_argument("--score", choices=list(SCORES), default="held-out",
+                        help="the accuracy d is taken on: held-out (tuning rules) or test (reports on the table's seeds)")
     parser.add_argument("--labels", nargs=2, metavar=("DEFAULT", "CANDIDATE"), help="column names (default: the methods)")
     parser.add_argument("--default-for", nargs=2, action="append", default=[], metavar=("PAIRS", "METHOD"),
                         help="the default's runs for these pairs are under METHOD (repeatable)")
@@ -203,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
                          guard=None if args.guard == "none" else args.guard,
                          guard_default=args.guard_default, guard_margin=args.guard_margin,
                          default_for=[tuple(x) for x in args.default_for],
-                         candidate_for=[tuple(x) for x in args.candidate_for], default_runs=args.default_runs)
+                         candidate_for=[tuple(x) for x in args.candidate_for], default_runs=args.default_runs,
+                         score=SCORES[args.score])
     except ValueError as err:
         parser.error(str(err))
     print("\n".join(table(result, tuple(args.labels or (args.default, args.candidate)))))

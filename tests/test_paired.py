@@ -122,6 +122,31 @@ def test_command_line_prints_rows_and_refuses_runs_without_held_out_data(paired,
         paired.main([str(tmp_path), "--default", "base", "--candidate", "cand", "--pairs", "symmetric-0.5"])
 
 
+def test_score_test_pairs_runs_without_held_out_data_on_their_test_accuracy(paired, tmp_path, capsys):
+    """Reports on the table's seeds (round 26) have no held-out data: --score test pairs their last-epoch
+    test accuracy, and the held-out columns say so."""
+    for seed, (base, cand) in enumerate([(0.80, 0.83), (0.81, 0.82), (0.79, 0.83)]):
+        write_run(tmp_path, "instance-0.4", "base", seed, 0.5, test=base)
+        write_run(tmp_path, "instance-0.4", "cand", seed, 0.5, test=cand)
+        for method in ("base", "cand"):
+            metrics = tmp_path / "instance-0.4" / method / f"seed{seed}" / "metrics.jsonl"
+            rows = [{k: v for k, v in json.loads(line).items() if k != "val_acc"} for line in metrics.read_text().splitlines()]
+            metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(ValueError, match="no held-out accuracy"):
+        paired.compare(tmp_path, "base", "cand", pairs=["instance-0.4:0-2"], guard=None)
+    result = paired.compare(tmp_path, "base", "cand", pairs=["instance-0.4:0-2"], guard=None, score="test")
+    assert [round(row["d"], 6) for row in result["rows"]] == [3.0, 1.0, 4.0]
+    assert result["mean_d"] == pytest.approx(8 / 3) and result["a"] and result["every_d_positive"]
+    assert result["verdict"] == "report"  # no default is adopted on the test set
+    paired.main([str(tmp_path), "--default", "base", "--candidate", "cand", "--pairs", "instance-0.4:0-2",
+                 "--guard", "none", "--score", "test"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| setting | seed | held-out: base | cand | d (test) | test: base | cand |")
+    assert lines[2].startswith("| instance 40 % | 0 | – | – | +3.00 | 80.0 | 83.0 |")
+    with pytest.raises(ValueError, match="score must be"):
+        paired.compare(tmp_path, "base", "cand", pairs=["instance-0.4:0-2"], guard=None, score="val")
+
+
 def test_reproduces_round_11_from_the_committed_runs(paired):
     """docs/casam-split.md, finding 14: lambda 0.25 kept out by all three conditions."""
     result = paired.compare(ROOT / "docs" / "casam-tuning" / "runs", "casam+ce@switch-lambda0.5",
