@@ -29,3 +29,13 @@ def test_headline_tables_in_the_docs_are_the_reports():
         assert tables, f"{doc.name} has no headline table"
         for table in tables:
             assert table == report, f"{doc.name}'s headline table differs from docs/benchmarks/table.md"
+
+
+def test_thirty_epoch_table_in_the_readme_is_its_report():
+    """Round 26's table (docs/table-30epochs, the table's regime in 30 epochs) as README.md prints it."""
+    report = (REPO / "docs" / "table-30epochs" / "table.md").read_text()
+    pattern = r"^\| method \| instance:0\.4 \| asymmetric:0\.4 \|.*\n(?:\|.*\n)+"
+    [headline] = [m.group(0) for m in re.finditer(pattern, report.split("## Every noise setting")[0], flags=re.MULTILINE)]
+    [in_readme] = [m.group(0) for m in re.finditer(pattern, (REPO / "README.md").read_text(), flags=re.MULTILINE)]
+    assert in_readme == headline
+    assert "| casam+ce |" in headline and "| sam+ce |" in headline
