@@ -335,6 +335,17 @@ def test_reproduces_round_26_from_the_committed_runs(paired, setting, figures):
         assert row["candidate"]["memorization"] < row["default"]["memorization"] / 2
 
 
+def test_reproduces_round_26_with_elr_at_asymmetric_noise_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 26: at asymmetric 40 % in 30 epochs CA-SAM+ELR ends ahead of ELR on the mean
+    but behind on one seed; CA-SAM with cross-entropy ends ahead of ELR on every seed."""
+    runs = ROOT / "docs" / "table-30epochs" / "runs"
+    with_elr = paired.compare(runs, "sgd+elr", "casam+elr", pairs=["asymmetric-0.4:0-2"], guard=None, score="test")
+    assert (round(with_elr["mean_d"], 2), round(with_elr["sd_d"], 2), round(with_elr["two_se"], 2)) == (0.39, 0.63, 0.73)
+    assert with_elr["n"] == 3 and not with_elr["every_d_positive"]
+    with_ce = paired.compare(runs, "sgd+elr", "casam+ce", pairs=["asymmetric-0.4:0-2"], guard=None, score="test")
+    assert round(with_ce["mean_d"], 2) == 0.59 and with_ce["every_d_positive"]
+
+
 @pytest.mark.parametrize("loss, figures", [("elr", (0.02, 0.22, 0.26)), ("sce", (-0.26, 0.1, 0.12))])
 def test_reproduces_round_23_from_the_committed_runs(paired, loss, figures):
     """docs/casam-split.md, finding 27: with ELR's or SCE's loss 8 groups do not pass in 40 epochs; one
