@@ -114,9 +114,9 @@ def compare(runs: Path, default: str, candidate: str, *, pairs: list[str] = ROUN
     if score not in SCORES.values():
         raise ValueError(f"score must be one of {', '.join(SCORES.values())}, got {score!r}")
     default_root = default_runs or runs
+    need = score == "held_out"  # runs without held-out data are refused only when d is taken on it
 
     def pair_figures(base_folder: Path, cand_folder: Path):
-        need = score == "held_out"
         base, cand = run_figures(base_folder, held_out=need), run_figures(cand_folder, held_out=need)
         if base is not None and cand is not None:
             check_same_held_out(base_folder, cand_folder)
@@ -187,7 +187,7 @@ def _fmt(value: float, digits: int) -> str:
 def table(result: dict, labels: tuple[str, str]) -> list[str]:
     """The docs' markdown rows: default then candidate in each column pair."""
     a, b = labels
-    d = "d" if result.get("score", "held_out") == "held_out" else "d (test)"
+    d = "d" if result["score"] == "held_out" else "d (test)"
     lines = [f"| setting | seed | held-out: {a} | {b} | {d} | test: {a} | {b} | lowest P: {a} | {b} "
              f"| recall: {a} | {b} | mem.: {a} | {b} |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -301,7 +301,7 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
     method = f"{config.optimizer}+{config.loss}" + ("" if config.selection == "none" else f"+{config.selection}")
     # the groups change a CA-SAM step's cost (2.49x on two threads) and are chosen by the run's length
     # (config.LONG_RUN), so a 30-epoch run that is slower than a 29-epoch one says why
-    groups = config.perturb_groups if config.optimizer == "casam" and (config.perturb_groups or 1) > 1 else None
+    groups = config.perturb_groups if config.optimizer == "casam" and config.perturb_groups > 1 else None
     lines = [
         f"casam train: {method} on {config.dataset} ({config.noise}), {summary['epochs']} epochs, seed {config.seed}"
         + (f", a perturbation per group ({groups} groups per batch)" if groups else ""),
