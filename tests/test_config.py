@@ -44,6 +44,8 @@ def test_saved_config_round_trips(tmp_path):
         ({"perturb_cutoff": "0"}, "must be in (0, 1] or none"),
         ({"perturb_weight": "0.5", "perturb_cutoff": "1.5"}, "must be in (0, 1] or none"),
         ({"perturb_from": "confidence"}, "takes no perturb_weight"),
+        ({"heavy_warmup": "2"}, "heavy_warmup extends the warm-up: 0 or more than warmup .2. epochs; got 2"),
+        ({"heavy_warmup": "5", "perturb_cutoff": "none"}, "give perturb_cutoff too"),
         ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
         ({"loss": "elr", "elr_beta": "1"}, "elr_beta must be in"),
         ({"loss": "sce", "sce_alpha": "-1"}, "sce_alpha must be"),

@@ -203,6 +203,27 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
     assert strip(switched) == same
 
 
+@pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
+def test_heavy_warmup_lengthens_the_warmup_only_under_heavy_noise(tmp_path, noise, heavy):
+    """--heavy-warmup 3 after --warmup 2: under heavy noise (the estimate read after epoch 2 above the cutoff)
+    epoch 3 is warm-up too (the whole batch selected) and the run is the --warmup 3 run metric for metric;
+    under moderate noise it is the run without the option."""
+    def run(name, *extra):
+        out = tmp_path / name
+        assert main([
+            "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", "5", "--warmup", "2",
+            "--lr", "0.1", "--noise", noise, "--out", str(out), "--progress", "false", "--tensorboard", "false", *extra,
+        ]) == 0
+        return rows(out)
+
+    extended = run("extended", "--heavy-warmup", "3")
+    assert extended[2]["noise_estimate"] is not None and (extended[2]["noise_estimate"] > 0.6667) is heavy
+    assert (extended[2]["selected_fraction"] == 1.0) is heavy and extended[3]["selected_fraction"] < 1.0
+    same = run("same", "--warmup", "3") if heavy else run("same")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("noise_estimate", "perturb_weight")} for r in rs]  # noqa: E731
+    assert strip(extended) == strip(same)
+
+
 def test_perturb_groups_reaches_the_training_loop_after_the_warmup(tmp_path, capsys):
     """--perturb-groups 4: the warm-up epochs are the one-perturbation run's metric for metric (grouped_step
     is plain SAM there), the epochs after it differ, and the run folder and the summary record the option."""

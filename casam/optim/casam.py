@@ -98,6 +98,10 @@ class CASAM(SAM):
             heavy noise (docs/casam-split.md); the estimate is read before memorisation can lower it.
             2/3 is where per-sample mu 0.5 gives the two sides equal weight. With mu 0 (or soft weights)
             there is nothing to switch: the estimate is still read and reported.
+        heavy_warmup_epochs: with perturb_cutoff, the warm-up's length in all when the estimate read after
+            `warmup_epochs` is above the cutoff (0: no extension). At heavy noise a split made after two
+            epochs rests half on the first epoch's near-chance outputs and confirms itself from there
+            (docs/casam-split.md, round 27); more warm-up epochs give the history a network worth reading.
     """
 
     _WRAPPER = "CASAM"
@@ -121,6 +125,7 @@ class CASAM(SAM):
         perturb_weight: float = 0.0,
         perturb_balance: bool = False,
         perturb_cutoff: float | None = None,
+        heavy_warmup_epochs: int = 0,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -141,6 +146,9 @@ class CASAM(SAM):
         if perturb_cutoff is not None:
             if isinstance(perturb_cutoff, bool) or not isinstance(perturb_cutoff, numbers.Real) or not 0 < perturb_cutoff <= 1:
                 raise ValueError(f"perturb_cutoff must be a number in (0, 1] or None, got {perturb_cutoff!r}")
+        _check_count("heavy_warmup_epochs", heavy_warmup_epochs)
+        if heavy_warmup_epochs and perturb_cutoff is None:
+            raise ValueError("heavy_warmup_epochs needs perturb_cutoff: the warm-up is extended when the noise estimate is above it")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
@@ -155,6 +163,7 @@ class CASAM(SAM):
         self.perturb_weight = float(perturb_weight)
         self.perturb_balance = perturb_balance
         self.perturb_cutoff = None if perturb_cutoff is None else float(perturb_cutoff)
+        self.heavy_warmup_epochs = int(heavy_warmup_epochs)
         self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -172,10 +181,19 @@ class CASAM(SAM):
             self.noise_estimate = self.history.noise_rate  # None on a history still empty: read next epoch
 
     @property
+    def heavy_noise(self) -> bool:
+        """perturb_cutoff's switch has read the noise estimate and found it above the cutoff."""
+        return None not in (self.perturb_cutoff, self.noise_estimate) and self.noise_estimate > self.perturb_cutoff
+
+    @property
+    def in_warmup(self) -> bool:
+        """The first `warmup_epochs` epochs, and under heavy noise those up to `heavy_warmup_epochs`."""
+        return self.epoch < self.warmup_epochs or (self.epoch < self.heavy_warmup_epochs and self.heavy_noise)
+
+    @property
     def current_perturb_weight(self) -> float:
         """mu as it applies now: perturb_weight, or 0 once perturb_cutoff's switch has found heavy noise."""
-        heavy = None not in (self.perturb_cutoff, self.noise_estimate) and self.noise_estimate > self.perturb_cutoff
-        return 0.0 if heavy else self.perturb_weight
+        return 0.0 if self.heavy_noise else self.perturb_weight
 
     def _wrapper_state(self) -> dict[str, Any]:
         return {**super()._wrapper_state(), "history": self.history.state_dict(), "noise_estimate": self.noise_estimate}

@@ -503,6 +503,42 @@ def test_perturb_cutoff_switches_mu_off_when_the_noise_estimate_is_above_it(tiny
     assert resumed.noise_estimate == opt.noise_estimate and resumed.current_perturb_weight == opt.current_perturb_weight
 
 
+@pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
+def test_heavy_warmup_extends_the_warmup_only_above_the_cutoff(tiny, cutoff, heavy):
+    """heavy_warmup_epochs 3 after a 1-epoch warm-up: the estimate (5/12) is read when the first warm-up
+    ends; above the cutoff epochs 1-2 stay warm-up (C = B, plain steps at warmup_rho 0: w moves by
+    nothing before the update) and the split (the history's mask) starts at epoch 3; below it at epoch 1.
+    A resumed optimizer extends the same way."""
+    model = tiny.model()
+    history, clean = believed_history(tiny)
+    opt = make(model, history, rho=0.3, perturb_weight=0.5, perturb_cutoff=cutoff, warmup_epochs=1, heavy_warmup_epochs=3, warmup_rho=0.0)
+    assert opt.in_warmup
+    for epoch in (1, 2, 3):
+        opt.set_epoch(epoch)
+        assert opt.noise_estimate == pytest.approx(5 / 12)
+        assert opt.in_warmup == (heavy and epoch < 3)
+        w = tiny.weights(model)
+        mask = first_step_at(opt, tiny, model)
+        assert torch.equal(mask, torch.ones_like(clean) if opt.in_warmup else history.clean_mask(tiny.idx, tiny.y))
+        assert mask.all() == opt.in_warmup  # the history still doubts some labels once the split starts
+        if opt.in_warmup:
+            assert all(torch.equal(v, w[k]) for k, v in tiny.weights(model).items())  # radius 0 in the warm-up
+        opt.second_step(tiny.losses(model))
+        if epoch == 2:
+            resumed = make(tiny.model(), SampleHistory(12, 3), perturb_weight=0.5, perturb_cutoff=cutoff, warmup_epochs=1, heavy_warmup_epochs=3)
+            resumed.load_state_dict(opt.state_dict())
+            assert resumed.in_warmup == opt.in_warmup
+
+
+def test_heavy_warmup_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    with pytest.raises(ValueError, match="heavy_warmup_epochs needs perturb_cutoff"):
+        make(tiny.model(), history, heavy_warmup_epochs=4)
+    for bad in (-1, 2.5, True):
+        with pytest.raises((ValueError, TypeError), match="heavy_warmup_epochs"):
+            make(tiny.model(), history, perturb_cutoff=0.5, heavy_warmup_epochs=bad)
+
+
 def test_perturb_cutoff_bad_input(tiny):
     history, _ = believed_history(tiny)
     for bad in (0, 1.5, True, "0.5"):
