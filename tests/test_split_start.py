@@ -1,0 +1,40 @@
+"""benchmarks/split_start.py: where a CA-SAM run's split starts, and round 27's reading of the 80 % runs."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def split_start():
+    spec = importlib.util.spec_from_file_location("split_start", ROOT / "benchmarks" / "split_start.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_split_starts_at_the_first_epoch_that_sets_samples_aside(split_start):
+    warm = {"sel_precision": 0.2, "selected_fraction": 1.0}
+    rows = [warm, warm, {"sel_precision": 0.6, "selected_fraction": 0.15}, {"sel_precision": 0.7, "selected_fraction": 0.16}]
+    assert split_start.split_start(rows) == (3, 0.6)
+    assert split_start.split_start([warm, warm]) is None
+    assert split_start.split_start([{"test_acc": 0.5}]) is None  # a method without a split
+
+
+def test_reproduces_round_27s_reading_of_the_earlier_80_percent_runs(split_start, capsys):
+    """docs/casam-split.md, round 27: in the earlier rounds' 80 % runs with the perturbation from the likely-clean
+    side only, a split that starts below 62 % precise never ends above 48 % nor peaks above 56 %, and one that
+    starts at 65 % or more always peaks at 50 % or more."""
+    lines = split_start.main([str(ROOT / "docs" / "*" / "runs" / "symmetric-0.8" / "casam+*"),
+                              "--exclude", "@mu0.5", "@mu0.25", "@warmup-sam", "heavy-warmup"])
+    low = [line for line in lines if line["precision"] < 62]
+    high = [line for line in lines if line["precision"] >= 65]
+    assert (len(lines), len(low), len(high)) == (59, 19, 36)
+    assert {line["split_epoch"] for line in lines} == {3}  # every one after the two-epoch warm-up
+    assert max(line["last"] for line in low) == pytest.approx(48.01) and max(line["best"] for line in low) == pytest.approx(55.76)
+    assert min(line["best"] for line in high) == pytest.approx(50.41)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 + 59 and printed[2].startswith("| 51.7 (3) | 45.5 (2) | 28.3 | 20 |")
