@@ -366,7 +366,8 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
     "grid, out",
     [("grid.yaml", "benchmarks"), ("casam-ablation.yaml", "benchmarks"), ("casam-study.yaml", "casam-study"), ("casam-tuning.yaml", "casam-tuning"),
      ("baselines-tuning.yaml", "baselines-tuning"), ("casam-40epochs.yaml", "casam-40epochs"), ("casam-30epochs.yaml", "casam-30epochs"),
-     ("casam-40epochs-losses.yaml", "casam-40epochs-losses"), ("table-30epochs.yaml", "table-30epochs")],
+     ("casam-40epochs-losses.yaml", "casam-40epochs-losses"), ("table-30epochs.yaml", "table-30epochs"),
+     ("casam-heavy-warmup.yaml", "casam-heavy-warmup")],
 )
 def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as

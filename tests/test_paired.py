@@ -352,6 +352,19 @@ def test_reproduces_round_26_with_elr_from_the_committed_runs(paired, setting, w
     assert round(ce["mean_d"], 2) == with_ce and ce["every_d_positive"] == (with_ce > 0)
 
 
+def test_reproduces_round_27_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 27 and finding 31: at symmetric 80 % the heavy warm-up (5 epochs) is not
+    adopted (mean held-out d under 2 SE, one seed more than 0.5 behind); it pulls up the two seeds that ended
+    low by more than 8 test points and costs the other three."""
+    runs = ROOT / "docs" / "casam-heavy-warmup" / "runs"
+    result = paired.compare(runs, "casam+ce", "casam+ce@heavy-warmup5", pairs=["symmetric-0.8:100-104"], guard=None)
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.31, 1.49, 1.33)
+    assert result["n"] == 5 and not result["a"] and result["verdict"] == "keep"
+    assert min(row["d"] for row in result["rows"]) < -0.5
+    gains = sorted(row["candidate"]["test"] - row["default"]["test"] for row in result["rows"])
+    assert gains[-2] > 8 and all(gain < 0 for gain in gains[:3])
+
+
 @pytest.mark.parametrize("loss, figures", [("elr", (0.02, 0.22, 0.26)), ("sce", (-0.26, 0.1, 0.12))])
 def test_reproduces_round_23_from_the_committed_runs(paired, loss, figures):
     """docs/casam-split.md, finding 27: with ELR's or SCE's loss 8 groups do not pass in 40 epochs; one
