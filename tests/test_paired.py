@@ -5,7 +5,6 @@ Synthetic run folders pin the statistic and each condition of the rule; the comm
 verdicts the docs report.
 """
 
-import importlib.util
 import json
 import math
 import statistics
@@ -31,11 +30,8 @@ def fall_after_peak(method_dir: Path, epochs: int = 40) -> list[float]:
 
 
 @pytest.fixture(scope="module")
-def paired():
-    spec = importlib.util.spec_from_file_location("paired", ROOT / "benchmarks" / "paired.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def paired(benchmark_script):
+    return benchmark_script("paired")
 
 
 def write_run(runs, noise, method, seed, held_out, *, test=0.8, finished=True, precisions=(0.99, 0.95, 0.97)):

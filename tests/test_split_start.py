@@ -1,6 +1,5 @@
 """benchmarks/split_start.py: where a CA-SAM run's split starts, and round 27's reading of the 80 % runs."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,11 +8,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def split_start():
-    spec = importlib.util.spec_from_file_location("split_start", ROOT / "benchmarks" / "split_start.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def split_start(benchmark_script):
+    return benchmark_script("split_start")
 
 
 def test_the_split_starts_at_the_first_epoch_that_sets_samples_aside(split_start):

@@ -180,18 +180,22 @@ def test_val_size_holds_out_noisy_images_outside_the_subset():
         TrainConfig(dataset="digits", val_fraction=0.1, val_size=100).validate()
 
 
+def digits_casam_run(out, noise, epochs, *extra):
+    """casam train's CA-SAM on 1,000 digits (MLP, a two-epoch warm-up) into `out`; its metric rows."""
+    assert main([
+        "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", str(epochs), "--warmup", "2",
+        "--lr", "0.1", "--noise", noise, "--out", str(out), "--progress", "false", "--tensorboard", "false", *extra,
+    ]) == 0
+    return rows(out)
+
+
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
 def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, noise, heavy):
     """The default switch (mu 0.5, --perturb-cutoff 0.6667) reads the history's noise estimate once, after
     the warm-up, and logs it: below the cutoff the run is the fixed mu 0.5 run, above it the mu 0 run
     (the paper's perturbation), metric for metric."""
     def run(name, *extra):
-        out = tmp_path / name
-        assert main([
-            "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", "4", "--warmup", "2",
-            "--lr", "0.1", "--noise", noise, "--out", str(out), "--progress", "false", "--tensorboard", "false", *extra,
-        ]) == 0
-        return rows(out)
+        return digits_casam_run(tmp_path / name, noise, 4, *extra)
 
     switched = run("defaults")
     assert all(r["noise_estimate"] is None and r["perturb_weight"] == 0.5 for r in switched[:2])  # warm-up: not read yet
@@ -209,12 +213,7 @@ def test_heavy_warmup_lengthens_the_warmup_only_under_heavy_noise(tmp_path, nois
     epoch 3 is warm-up too (the whole batch selected) and the run is the --warmup 3 run metric for metric;
     under moderate noise it is the run without the option."""
     def run(name, *extra):
-        out = tmp_path / name
-        assert main([
-            "train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", "5", "--warmup", "2",
-            "--lr", "0.1", "--noise", noise, "--out", str(out), "--progress", "false", "--tensorboard", "false", *extra,
-        ]) == 0
-        return rows(out)
+        return digits_casam_run(tmp_path / name, noise, 5, *extra)
 
     extended = run("extended", "--heavy-warmup", "3")
     assert extended[2]["noise_estimate"] is not None and (extended[2]["noise_estimate"] > 0.6667) is heavy

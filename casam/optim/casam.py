@@ -3,7 +3,8 @@
 Per batch B (indices I, given labels y), with `history` a `casam.history.SampleHistory`:
 
     1. one forward pass at w: logits, per-sample losses l_i; the history records the batch (detached)
-    2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs)
+    2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs, or
+                                                `heavy_warmup_epochs` under heavy noise)
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
        (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise)
@@ -100,8 +101,9 @@ class CASAM(SAM):
             there is nothing to switch: the estimate is still read and reported.
         heavy_warmup_epochs: with perturb_cutoff, the warm-up's length in all when the estimate read after
             `warmup_epochs` is above the cutoff (0: no extension). At heavy noise a split made after two
-            epochs rests half on the first epoch's near-chance outputs and confirms itself from there
-            (docs/casam-split.md, round 27); more warm-up epochs give the history a network worth reading.
+            epochs rests half on the first epoch's near-chance outputs and confirms itself from there.
+            Measured at symmetric 80 % (docs/casam-split.md, round 27): 5 epochs rescued the runs whose
+            split had started badly and cost the others, as plain SGD stops improving there; off by default.
     """
 
     _WRAPPER = "CASAM"

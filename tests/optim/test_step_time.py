@@ -1,20 +1,13 @@
 """benchmarks/step_time.py stays runnable and keeps its output contract (a tiny run, not a timing)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_time.py"
-
 
 @pytest.fixture(scope="module")
-def step_time():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def step_time(benchmark_script):
+    return benchmark_script("step_time")
 
 
 def test_last_line_is_the_json_summary(step_time, capsys):
