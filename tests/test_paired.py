@@ -362,6 +362,15 @@ def test_reproduces_round_26_with_sce_from_the_committed_runs(paired, setting, w
     assert round(paired.compare(runs, "sgd+sce", "casam+ce", pairs=[f"{setting}:0-2"], guard=None, score="test")["mean_d"], 2) == with_ce
 
 
+@pytest.mark.parametrize("setting, figures", [("symmetric-0.5", (0.96, 0.36)), ("symmetric-0.8", (8.63, 1.76))])
+def test_reproduces_round_26_with_casam_sce_from_the_committed_runs(paired, setting, figures):
+    """docs/casam-split.md, round 26's CA-SAM+SCE rows: in 30 epochs CA-SAM with SCE's loss ends ahead of SCE on
+    every seed at symmetric 50 % and 80 %."""
+    runs = ROOT / "docs" / "table-30epochs" / "runs"
+    result = paired.compare(runs, "sgd+sce", "casam+sce", pairs=[f"{setting}:0-2"], guard=None, score="test")
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2)) == figures and result["n"] == 3 and result["every_d_positive"]
+
+
 def test_reproduces_round_27_from_the_committed_runs(paired):
     """docs/casam-split.md, round 27 and finding 31: at symmetric 80 % the heavy warm-up (5 epochs) is not
     adopted (mean held-out d under 2 SE, one seed more than 0.5 behind); it pulls up the two seeds that ended
