@@ -28,9 +28,10 @@ def test_reproduces_round_27s_reading_of_the_earlier_80_percent_runs(split_start
                               "--exclude", "@mu0.5", "@mu0.25", "@warmup-sam", "heavy-warmup"])
     low = [line for line in lines if line["precision"] < 62]
     high = [line for line in lines if line["precision"] >= 65]
-    assert (len(lines), len(low), len(high)) == (59, 19, 36)
+    # 59 folders, 36 of them at 65 % or more, when round 27 ran; later 80 % runs may add to them
+    assert len(lines) >= 59 and len(low) == 19 and len(high) >= 36
     assert {line["split_epoch"] for line in lines} == {3}  # every one after the two-epoch warm-up
     assert max(line["last"] for line in low) == pytest.approx(48.01) and max(line["best"] for line in low) == pytest.approx(55.76)
     assert min(line["best"] for line in high) == pytest.approx(50.41)
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2 + 59 and printed[2].startswith("| 51.7 (3) | 45.5 (2) | 28.3 | 20 |")
+    assert len(printed) == 2 + len(lines) and printed[2].startswith("| 51.7 (3) | 45.5 (2) | 28.3 | 20 |")
