@@ -17,15 +17,14 @@ import glob
 import sys
 from pathlib import Path
 
+from casam.bench import split_epochs
 from casam.train import read_metrics
 
 
 def split_start(rows: list[dict]) -> tuple[int, float] | None:
     """(1-based epoch, precision) of the first epoch whose likely-clean set left samples out; None if none did."""
-    for epoch, row in enumerate(rows, 1):
-        if row.get("sel_precision") is not None and row.get("selected_fraction", 1.0) < 1.0:
-            return epoch, row["sel_precision"]
-    return None
+    split = split_epochs(rows)
+    return split[0] if split else None
 
 
 def run_lines(patterns: list[str], *, exclude: list[str] = ()) -> list[dict]:

@@ -58,6 +58,7 @@ __all__ = [
     "execute",
     "collect_results",
     "epoch_figures",
+    "split_epochs",
     "write_report",
     "write_gitignore",
     "lock_out",
@@ -533,6 +534,13 @@ def collect_results(out: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
     return rows, unfinished
 
 
+def split_epochs(epochs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(1-based epoch, selection precision) of every epoch whose split set samples aside (selected fraction
+    < 1): the warm-up's all-clean epochs would hide nothing, so a split is judged on these only."""
+    precisions = [(number, _finite(e.get("sel_precision")), e.get("selected_fraction", 1)) for number, e in enumerate(epochs, 1)]
+    return [(number, precision) for number, precision, fraction in precisions if precision is not None and fraction < 1]
+
+
 def epoch_figures(epochs: list[dict[str, Any]]) -> dict[str, float | None]:
     """From a run's per-epoch metrics rows (`casam.train.read_metrics`): the last held-out noisy accuracy
     (runs with val_fraction or val_size), the test accuracy of the epoch with the best held-out accuracy
@@ -540,16 +548,13 @@ def epoch_figures(epochs: list[dict[str, Any]]) -> dict[str, float | None]:
     (selected fraction < 1), the figure a split that decays over training is judged by."""
     from casam.train import held_out_pick
 
-    def finite(v):
-        return isinstance(v, (int, float)) and math.isfinite(v)
-
     val = epochs[-1].get("val_acc") if epochs else None
     chosen = held_out_pick(epochs)  # the epoch casam train's summary names
     pick = chosen["test_acc"] if chosen is not None else None
-    split = [e["sel_precision"] for e in epochs if finite(e.get("sel_precision")) and e.get("selected_fraction", 1) < 1]
+    split = [precision for _, precision in split_epochs(epochs)]
     return {
-        "val_acc": float(val) if finite(val) else None,
-        "val_pick_acc": float(pick) if finite(pick) else None,
+        "val_acc": _finite(val),
+        "val_pick_acc": _finite(pick),
         "min_sel_precision": min(split) if split else None,
     }
 

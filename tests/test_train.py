@@ -189,6 +189,11 @@ def digits_casam_run(out, noise, epochs, *extra):
     return rows(out)
 
 
+def without_switch(metric_rows):
+    """The rows without what the noise switch logs (its estimate and the mu in force), to compare two runs' training."""
+    return [{k: v for k, v in r.items() if k not in ("noise_estimate", "perturb_weight")} for r in metric_rows]
+
+
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
 def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, noise, heavy):
     """The default switch (mu 0.5, --perturb-cutoff 0.6667) reads the history's noise estimate once, after
@@ -203,8 +208,7 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
     assert (estimate > 0.6667) is heavy and all(r["noise_estimate"] == estimate for r in switched[2:])
     assert all(r["perturb_weight"] == (0.0 if heavy else 0.5) for r in switched[2:])
     same = run("fixed", "--perturb-cutoff", "none", "--perturb-weight", "0" if heavy else "0.5")
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("noise_estimate", "perturb_weight")} for r in rs]  # noqa: E731
-    assert strip(switched) == same
+    assert without_switch(switched) == same
 
 
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
@@ -219,8 +223,7 @@ def test_heavy_warmup_lengthens_the_warmup_only_under_heavy_noise(tmp_path, nois
     assert extended[2]["noise_estimate"] is not None and (extended[2]["noise_estimate"] > 0.6667) is heavy
     assert (extended[2]["selected_fraction"] == 1.0) is heavy and extended[3]["selected_fraction"] < 1.0
     same = run("same", "--warmup", "3") if heavy else run("same")
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("noise_estimate", "perturb_weight")} for r in rs]  # noqa: E731
-    assert strip(extended) == strip(same)
+    assert without_switch(extended) == without_switch(same)
 
 
 def test_perturb_groups_reaches_the_training_loop_after_the_warmup(tmp_path, capsys):
