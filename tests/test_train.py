@@ -226,6 +226,18 @@ def test_heavy_warmup_lengthens_the_warmup_only_under_heavy_noise(tmp_path, nois
     assert without_switch(extended) == without_switch(same)
 
 
+def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):
+    """--history-from 1: the warm-up trains as without it (epochs 0-1 metric for metric); the noise
+    estimate read after it and the split from epoch 2 on come from the second epoch's outputs alone, so
+    they differ; the run folder records the option."""
+    default = digits_casam_run(tmp_path / "all", "symmetric:0.4", 4)
+    late = digits_casam_run(tmp_path / "late", "symmetric:0.4", 4, "--history-from", "1")
+    assert late[:2] == default[:2]
+    assert late[2]["noise_estimate"] != default[2]["noise_estimate"]
+    assert without_switch(late[2:]) != without_switch(default[2:])
+    assert "history_from: 1" in (tmp_path / "late" / "config.yaml").read_text()
+
+
 def test_perturb_groups_reaches_the_training_loop_after_the_warmup(tmp_path, capsys):
     """--perturb-groups 4: the warm-up epochs are the one-perturbation run's metric for metric (grouped_step
     is plain SAM there), the epochs after it differ, and the run folder and the summary record the option."""

@@ -2,7 +2,8 @@
 
 Per batch B (indices I, given labels y), with `history` a `casam.history.SampleHistory`:
 
-    1. one forward pass at w: logits, per-sample losses l_i; the history records the batch (detached)
+    1. one forward pass at w: logits, per-sample losses l_i; the history records the batch (detached;
+       from epoch `history_from_epoch` on)
     2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs, or
                                                 `heavy_warmup_epochs` under heavy noise)
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
@@ -104,6 +105,10 @@ class CASAM(SAM):
             epochs rests half on the first epoch's near-chance outputs and confirms itself from there.
             Measured at symmetric 80 % (docs/casam-split.md, round 27): 5 epochs rescued the runs whose
             split had started badly and cost the others, as plain SGD stops improving there; off by default.
+        history_from_epoch: the first epoch whose outputs the history records, before `warmup_epochs`
+            (0: all). The first epoch's outputs come from a network that has barely learned (22-48 % test
+            accuracy at symmetric 80 %), yet after a two-epoch warm-up they carry 47 % of every h_i; 1
+            leaves them out, so the split starts from the second epoch's outputs alone.
     """
 
     _WRAPPER = "CASAM"
@@ -128,6 +133,7 @@ class CASAM(SAM):
         perturb_balance: bool = False,
         perturb_cutoff: float | None = None,
         heavy_warmup_epochs: int = 0,
+        history_from_epoch: int = 0,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -151,11 +157,16 @@ class CASAM(SAM):
         _check_count("heavy_warmup_epochs", heavy_warmup_epochs)
         if heavy_warmup_epochs and perturb_cutoff is None:
             raise ValueError("heavy_warmup_epochs needs perturb_cutoff: the warm-up is extended when the noise estimate is above it")
+        _check_count("history_from_epoch", history_from_epoch)
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
             params, base_optimizer, rho=rho, adaptive=adaptive, eta=eta, warmup_epochs=warmup_epochs, warmup_rho=warmup_rho, **base_kwargs
         )
+        if history_from_epoch and history_from_epoch >= self.warmup_epochs:
+            raise ValueError(
+                f"history_from_epoch must be below warmup_epochs ({self.warmup_epochs}): the split needs a history when the warm-up ends, got {history_from_epoch}"
+            )
         self.history = history
         self.noisy_weight = float(noisy_weight)
         self.min_clean = int(min_clean)
@@ -166,6 +177,7 @@ class CASAM(SAM):
         self.perturb_balance = perturb_balance
         self.perturb_cutoff = None if perturb_cutoff is None else float(perturb_cutoff)
         self.heavy_warmup_epochs = int(heavy_warmup_epochs)
+        self.history_from_epoch = int(history_from_epoch)
         self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -250,7 +262,8 @@ class CASAM(SAM):
                 shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"{name} must have shape ({batch},), got {shape}")
         self.zero_grad()
-        self._update_history(indices, logits, labels, losses)
+        if self.epoch >= self.history_from_epoch:
+            self._update_history(indices, logits, labels, losses)
         if self.in_warmup:
             return torch.ones(batch, dtype=torch.bool, device=losses.device)
         return self.history.clean_mask(indices, labels).to(losses.device)

@@ -539,6 +539,47 @@ def test_heavy_warmup_bad_input(tiny):
             make(tiny.model(), history, perturb_cutoff=0.5, heavy_warmup_epochs=bad)
 
 
+def test_history_from_epoch_leaves_the_first_epochs_out_of_the_history(tiny):
+    """history_from_epoch 1 with a two-epoch warm-up: epoch 0 trains (the weights move) but records nothing,
+    epoch 1 records, so when the split starts h_i is the second epoch's softmax alone (debiased, one
+    visit); with 0 it blends both epochs'. The warm-up's steps are the same either way, and a resumed
+    optimizer keeps recording from the same epoch."""
+    def run(history_from):
+        model, history = tiny.model(), SampleHistory(len(tiny.y), 3, beta=0.9)
+        opt = make(model, history, warmup_epochs=2, history_from_epoch=history_from)
+        outputs = []
+        for epoch in (0, 1):
+            opt.set_epoch(epoch)
+            w = tiny.weights(model)
+            with torch.no_grad():
+                outputs.append(torch.softmax(model(tiny.x), 1))
+            assert first_step_at(opt, tiny, model).all()  # warm-up: C = B
+            opt.second_step(tiny.losses(model))
+            assert any(not torch.equal(v, w[k]) for k, v in tiny.weights(model).items())
+            assert int(history.counts.min()) == int(history.counts.max()) == max(0, epoch + 1 - history_from)
+        return model, opt, history, outputs
+
+    late_model, late, late_history, outputs = run(1)
+    all_model, _, all_history, same_outputs = run(0)
+    assert all(torch.equal(a, b) for a, b in zip(outputs, same_outputs))  # the same warm-up steps
+    assert all(torch.equal(v, all_model.state_dict()[k]) for k, v in late_model.state_dict().items())
+    torch.testing.assert_close(late_history.mean_probs(tiny.idx), outputs[1].float())
+    both = (0.9 * 0.1 * outputs[0] + 0.1 * outputs[1]) / (1 - 0.9**2)
+    torch.testing.assert_close(all_history.mean_probs(tiny.idx), both.float())
+    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), warmup_epochs=2, history_from_epoch=1)
+    resumed.load_state_dict(late.state_dict())
+    assert resumed.history_from_epoch == 1 and torch.equal(resumed.history.counts, late_history.counts)
+
+
+def test_history_from_epoch_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    with pytest.raises(ValueError, match=r"history_from_epoch must be below warmup_epochs \(2\)"):
+        make(tiny.model(), history, warmup_epochs=2, history_from_epoch=2)
+    for bad in (-1, 0.5, True):
+        with pytest.raises(ValueError, match="history_from_epoch"):
+            make(tiny.model(), history, warmup_epochs=2, history_from_epoch=bad)
+
+
 def test_perturb_cutoff_bad_input(tiny):
     history, _ = believed_history(tiny)
     for bad in (0, 1.5, True, "0.5"):
