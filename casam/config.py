@@ -74,6 +74,7 @@ _USED_BY = {
     "warmup_rho": ("optimizer", ("casam",)),
     "heavy_warmup": ("optimizer", ("casam",)),
     "history_from": ("optimizer", ("casam",)),
+    "heavy_criterion": ("optimizer", ("casam",)),
     "criterion": ("optimizer", ("casam",)),
     "history_beta": ("optimizer", ("casam",)),
     "history_debias": ("optimizer", ("casam",)),
@@ -139,6 +140,7 @@ class TrainConfig:
     warmup_rho: float | None = 0.0  # CA-SAM's radius during warm-up; None: rho; 0: plain SGD steps (docs/casam-split.md)
     heavy_warmup: int = 0  # the warm-up's epochs in all if the noise estimate after `warmup` is above perturb_cutoff; 0: none (round 27)
     history_from: int = 0  # the first epoch whose outputs the history records, below `warmup` (round 28)
+    heavy_criterion: str | None = None  # the criterion once the noise estimate after the warm-up is above perturb_cutoff; none: unchanged (round 29)
     criterion: str = "agreement"
     history_beta: float = 0.9
     history_slow_beta: float | None = None  # a second, slower memory that must also agree (agreement only; docs/casam-split.md round 18)
@@ -224,6 +226,13 @@ class TrainConfig:
             raise ConfigError(f"heavy_warmup extends the warm-up: 0 or more than warmup ({self.warmup}) epochs; got {self.heavy_warmup}")
         if self.history_from and not self.history_from < self.warmup:
             raise ConfigError(f"history_from must be below warmup ({self.warmup}): the split needs a history when the warm-up ends; got {self.history_from}")
+        if self.heavy_criterion is not None:
+            if self.heavy_criterion not in CRITERIA:
+                raise ConfigError(f"heavy_criterion must be none or one of {', '.join(CRITERIA)}; got {self.heavy_criterion!r}")
+            if self.perturb_cutoff is None:
+                raise ConfigError("heavy_criterion applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
+            if self.history_slow_beta is not None and self.heavy_criterion != "agreement":
+                raise ConfigError(f"history_slow_beta (a two-speed memory) works with criterion agreement only; got heavy_criterion {self.heavy_criterion}")
         if self.heavy_warmup and self.perturb_cutoff is None:
             raise ConfigError("heavy_warmup extends the warm-up when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
         if not 0 <= self.history_beta < 1:
@@ -428,7 +437,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Options a run's config.yaml may lack because the run was saved before they existed, with the value
 # such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
 # of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
-BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0}
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None}
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

@@ -48,6 +48,8 @@ def test_saved_config_round_trips(tmp_path):
         ({"heavy_warmup": "5", "perturb_cutoff": "none"}, "give perturb_cutoff too"),
         ({"history_from": "2"}, "history_from must be below warmup .2.: the split needs a history when the warm-up ends; got 2"),
         ({"history_from": "-1"}, "history_from must be >= 0"),
+        ({"heavy_criterion": "loss"}, "heavy_criterion must be none or one of agreement"),
+        ({"heavy_criterion": "small-loss", "perturb_cutoff": "none"}, "heavy_criterion applies when the noise estimate is above perturb_cutoff"),
         ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
         ({"loss": "elr", "elr_beta": "1"}, "elr_beta must be in"),
         ({"loss": "sce", "sce_alpha": "-1"}, "sce_alpha must be"),

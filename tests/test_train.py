@@ -226,6 +226,19 @@ def test_heavy_warmup_lengthens_the_warmup_only_under_heavy_noise(tmp_path, nois
     assert without_switch(extended) == without_switch(same)
 
 
+@pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
+def test_heavy_criterion_changes_the_criterion_only_under_heavy_noise(tmp_path, noise, heavy):
+    """--heavy-criterion small-loss: under heavy noise the run is the --criterion small-loss run metric for
+    metric (the warm-up is criterion-free, and the switch hands over before the first split); under moderate
+    noise it is the run without the option."""
+    switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-criterion", "small-loss")
+    assert (switched[2]["noise_estimate"] > 0.6667) is heavy
+    same = digits_casam_run(tmp_path / "same", noise, 4, *(["--criterion", "small-loss"] if heavy else []))
+    assert switched == same
+    if heavy:
+        assert switched != digits_casam_run(tmp_path / "agreement", noise, 4)
+
+
 def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):
     """--history-from 1: the warm-up trains as without it (epochs 0-1 metric for metric); the noise
     estimate read after it and the split from epoch 2 on come from the second epoch's outputs alone, so

@@ -5,7 +5,8 @@ Per batch B (indices I, given labels y), with `history` a `casam.history.SampleH
     1. one forward pass at w: logits, per-sample losses l_i; the history records the batch (detached;
        from epoch `history_from_epoch` on)
     2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs, or
-                                                `heavy_warmup_epochs` under heavy noise)
+                                                `heavy_warmup_epochs` under heavy noise; under heavy
+                                                noise the criterion may be `heavy_criterion`)
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
        (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise)
@@ -56,7 +57,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from casam import distributed
-from casam.history import SampleHistory
+from casam.history import CRITERIA, SampleHistory
 from casam.optim.bn import frozen_bn_stats
 from casam.optim.sam import SAM, _check_count, _global_norm
 
@@ -109,6 +110,12 @@ class CASAM(SAM):
             (0: all). The first epoch's outputs come from a network that has barely learned (22-48 % test
             accuracy at symmetric 80 %), yet after a two-epoch warm-up they carry 47 % of every h_i; 1
             leaves them out, so the split starts from the second epoch's outputs alone.
+        heavy_criterion: with perturb_cutoff, the history's criterion (one of `casam.history.CRITERIA`)
+            from the moment the estimate read after the warm-up is above the cutoff (None: unchanged).
+            At symmetric 80 % agreement's split starts lopsided: it keeps 80-90 % of the clean samples of
+            the classes the young network already names and 0-3 % of others, and the perturbation
+            and update it weights then teach those classes only; small-loss keeps the same share of
+            every given class (docs/casam-split.md, round 29).
     """
 
     _WRAPPER = "CASAM"
@@ -134,6 +141,7 @@ class CASAM(SAM):
         perturb_cutoff: float | None = None,
         heavy_warmup_epochs: int = 0,
         history_from_epoch: int = 0,
+        heavy_criterion: str | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -158,6 +166,15 @@ class CASAM(SAM):
         if heavy_warmup_epochs and perturb_cutoff is None:
             raise ValueError("heavy_warmup_epochs needs perturb_cutoff: the warm-up is extended when the noise estimate is above it")
         _check_count("history_from_epoch", history_from_epoch)
+        if heavy_criterion is not None:
+            if heavy_criterion not in CRITERIA:
+                raise ValueError(f"heavy_criterion must be None or one of {', '.join(CRITERIA)}, got {heavy_criterion!r}")
+            if perturb_cutoff is None:
+                raise ValueError("heavy_criterion needs perturb_cutoff: the criterion changes when the noise estimate is above it")
+            if history.slow_beta is not None and heavy_criterion != "agreement":
+                raise ValueError("heavy_criterion: the history's slow memory (slow_beta) works with criterion 'agreement' only")
+            if heavy_criterion == "gmm":
+                SampleHistory(1, 2, criterion="gmm")  # raises the history's own ImportError without scikit-learn
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
@@ -178,6 +195,7 @@ class CASAM(SAM):
         self.perturb_cutoff = None if perturb_cutoff is None else float(perturb_cutoff)
         self.heavy_warmup_epochs = int(heavy_warmup_epochs)
         self.history_from_epoch = int(history_from_epoch)
+        self.heavy_criterion = heavy_criterion
         self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -193,6 +211,15 @@ class CASAM(SAM):
             self.history.refresh()
         if self.perturb_cutoff is not None and self.noise_estimate is None and not self.in_warmup:
             self.noise_estimate = self.history.noise_rate  # None on a history still empty: read next epoch
+            if self._use_heavy_criterion():
+                self.history.refresh()  # the new criterion's flags or thresholds, before the split starts
+
+    def _use_heavy_criterion(self) -> bool:
+        """Under heavy noise, hand the history `heavy_criterion`; True if that changed it."""
+        if self.heavy_criterion is None or not self.heavy_noise or self.history.criterion == self.heavy_criterion:
+            return False
+        self.history.criterion = self.heavy_criterion
+        return True
 
     @property
     def heavy_noise(self) -> bool:
@@ -217,6 +244,7 @@ class CASAM(SAM):
             raise ValueError("state_dict has no CA-SAM part (epoch, history): it was not saved by CASAM.state_dict()")
         self.history.load_state_dict(wrapper["history"])
         self.noise_estimate = wrapper.get("noise_estimate")
+        self._use_heavy_criterion()  # the saved flags and thresholds are already the criterion's
         super()._load_wrapper_state(wrapper)
 
     # ------------------------------------------------------------------ the two steps

@@ -580,6 +580,44 @@ def test_history_from_epoch_bad_input(tiny):
             make(tiny.model(), history, warmup_epochs=2, history_from_epoch=bad)
 
 
+@pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
+def test_heavy_criterion_takes_over_the_split_only_above_the_cutoff(tiny, cutoff, heavy):
+    """heavy_criterion small-loss after a 1-epoch warm-up: the estimate (5/12) is read when the warm-up ends;
+    above the cutoff the history's criterion becomes small-loss at once (its flags refreshed before the first
+    split: the mask is that of a small-loss history fed the same batches), below it agreement stays. A
+    resumed optimizer hands its history the same criterion."""
+    def fed(criterion):
+        history, _ = believed_history(tiny, criterion=criterion)
+        return history
+
+    history = fed("agreement")
+    opt = make(tiny.model(), history, perturb_weight=0.5, perturb_cutoff=cutoff, warmup_epochs=1, heavy_criterion="small-loss")
+    opt.set_epoch(1)
+    assert opt.noise_estimate == pytest.approx(5 / 12) and opt.heavy_noise == heavy
+    assert history.criterion == ("small-loss" if heavy else "agreement")
+    expected = fed("small-loss" if heavy else "agreement")
+    expected.refresh()
+    assert torch.equal(history.clean_mask(tiny.idx, tiny.y), expected.clean_mask(tiny.idx, tiny.y))
+    if heavy:  # small-loss keeps round(r n_c) per class: not agreement's mask here
+        assert not torch.equal(history.clean_mask(tiny.idx, tiny.y), fed("agreement").clean_mask(tiny.idx, tiny.y))
+    resumed_history = SampleHistory(len(tiny.y), 3)
+    resumed = make(tiny.model(), resumed_history, perturb_cutoff=cutoff, warmup_epochs=1, heavy_criterion="small-loss")
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed_history.criterion == history.criterion
+    assert torch.equal(resumed_history.clean_mask(tiny.idx, tiny.y), history.clean_mask(tiny.idx, tiny.y))
+
+
+def test_heavy_criterion_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    with pytest.raises(ValueError, match="heavy_criterion needs perturb_cutoff"):
+        make(tiny.model(), history, heavy_criterion="small-loss")
+    with pytest.raises(ValueError, match="heavy_criterion must be None or one of agreement"):
+        make(tiny.model(), history, perturb_cutoff=0.5, heavy_criterion="smallest-loss")
+    slow = SampleHistory(len(tiny.y), 3, beta=0.5, slow_beta=0.9)
+    with pytest.raises(ValueError, match="slow memory"):
+        make(tiny.model(), slow, perturb_cutoff=0.5, heavy_criterion="small-loss")
+
+
 def test_perturb_cutoff_bad_input(tiny):
     history, _ = believed_history(tiny)
     for bad in (0, 1.5, True, "0.5"):
