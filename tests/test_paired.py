@@ -522,3 +522,18 @@ def test_reproduces_round_21_at_80_percent_and_its_guard(paired):
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.7, 0.88, 1.02)
     assert result["n"] == 3 and not result["a"] and result["b"] and min(row["d"] for row in result["rows"]) > -1
     assert all(row["candidate"]["memorization"] < row["default"]["memorization"] * 0.6 for row in result["rows"])
+
+
+def test_reproduces_round_28_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 28 and finding 32: at symmetric 80 % a history without the first epoch's
+    outputs is not adopted (mean held-out d under 2 SE, seed 104 more than 0.5 behind) nor a lead (the lowest
+    held-out figure rises less than 2 points)."""
+    result = paired.compare(
+        ROOT / "docs" / "casam-history-from" / "runs", "casam+ce", "casam+ce@history-from1", pairs=["symmetric-0.8:100-104"],
+        guard=None, default_runs=ROOT / "docs" / "casam-heavy-warmup" / "runs",
+    )
+    assert result["n"] == 5 and result["verdict"] == "keep"
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.16, 0.81, 0.72)
+    assert min(row["d"] for row in result["rows"]) == pytest.approx(-0.60, abs=0.005)
+    lowest = [min(row[arm]["held_out"] for row in result["rows"]) for arm in ("default", "candidate")]
+    assert lowest[1] - lowest[0] < 2

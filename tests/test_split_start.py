@@ -25,7 +25,7 @@ def test_reproduces_round_27s_reading_of_the_earlier_80_percent_runs(split_start
     side only, a split that starts below 62 % precise never ends above 48 % nor peaks above 56 %, and one that
     starts at 65 % or more always peaks at 50 % or more."""
     lines = split_start.main([str(ROOT / "docs" / "*" / "runs" / "symmetric-0.8" / "casam+*"),
-                              "--exclude", "@mu0.5", "@mu0.25", "@warmup-sam", "heavy-warmup", "history-from"])
+                              "--exclude", "@mu0.5", "@mu0.25", "@warmup-sam", "heavy-warmup", "history-from", "heavy-criterion"])
     low = [line for line in lines if line["precision"] < 62]
     high = [line for line in lines if line["precision"] >= 65]
     # 59 folders, 36 of them at 65 % or more, when round 27 ran; later 80 % runs may add to them
@@ -35,3 +35,15 @@ def test_reproduces_round_27s_reading_of_the_earlier_80_percent_runs(split_start
     assert min(line["best"] for line in high) == pytest.approx(50.41)
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 + len(lines) and printed[2].startswith("| 51.7 (3) | 45.5 (2) | 28.3 | 20 |")
+
+
+def test_round_28s_split_starts_less_precise_without_the_first_epoch(split_start):
+    """docs/casam-split.md, finding 32: with history_from 1 the split starts less precise on every seed."""
+    def by_seed(pattern):
+        return {Path(line["run"]).name: line["precision"] for line in split_start.run_lines([str(ROOT / "docs" / pattern)])}
+
+    defaults = by_seed("casam-heavy-warmup/runs/symmetric-0.8/casam+ce")
+    later = by_seed("casam-history-from/runs/symmetric-0.8/casam+ce@history-from1")
+    assert sorted(later) == sorted(defaults) == [f"seed{s}" for s in range(100, 105)]
+    gaps = [defaults[seed] - later[seed] for seed in defaults]
+    assert min(gaps) == pytest.approx(0.3, abs=0.06) and max(gaps) == pytest.approx(7.2, abs=0.06)
