@@ -58,6 +58,10 @@ NOISY_WEIGHT = {"*": 0.5, "elr": 1.0, "sce": 1.0}
 # so those keep one perturbation at any length; other losses were not measured and keep cross-entropy's 8.
 LONG_RUN = 30
 GROUPS_IN_LONG_RUNS = {"*": 8, "elr": 1, "sce": 1}
+# Round 29 (docs/casam-split.md): under heavy noise (the estimate after the warm-up above perturb_cutoff)
+# agreement's first split leaves whole classes out and the network learns only the classes it already
+# names; small-loss keeps the same share of every given class. Measured with cross-entropy only.
+HEAVY_CRITERION_BY_LOSS = {"*": None, "ce": "small-loss"}
 
 
 def by_loss(table: dict[str, Any], loss: str) -> Any:
@@ -140,7 +144,7 @@ class TrainConfig:
     warmup_rho: float | None = 0.0  # CA-SAM's radius during warm-up; None: rho; 0: plain SGD steps (docs/casam-split.md)
     heavy_warmup: int = 0  # the warm-up's epochs in all if the noise estimate after `warmup` is above perturb_cutoff; 0: none (round 27)
     history_from: int = 0  # the first epoch whose outputs the history records, below `warmup` (round 28)
-    heavy_criterion: str | None = None  # the criterion once the noise estimate after the warm-up is above perturb_cutoff; none: unchanged (round 29)
+    heavy_criterion: str | None = "auto"  # the criterion once the noise estimate after the warm-up is above perturb_cutoff; none: unchanged; auto: HEAVY_CRITERION_BY_LOSS (round 29)
     criterion: str = "agreement"
     history_beta: float = 0.9
     history_slow_beta: float | None = None  # a second, slower memory that must also agree (agreement only; docs/casam-split.md round 18)
@@ -226,9 +230,11 @@ class TrainConfig:
             raise ConfigError(f"heavy_warmup extends the warm-up: 0 or more than warmup ({self.warmup}) epochs; got {self.heavy_warmup}")
         if self.history_from and not self.history_from < self.warmup:
             raise ConfigError(f"history_from must be below warmup ({self.warmup}): the split needs a history when the warm-up ends; got {self.history_from}")
+        if self.heavy_criterion == "auto":  # the saved config records the value used
+            self.heavy_criterion = self.default_heavy_criterion()
         if self.heavy_criterion is not None:
             if self.heavy_criterion not in CRITERIA:
-                raise ConfigError(f"heavy_criterion must be none or one of {', '.join(CRITERIA)}; got {self.heavy_criterion!r}")
+                raise ConfigError(f"heavy_criterion must be auto, none or one of {', '.join(CRITERIA)}; got {self.heavy_criterion!r}")
             if self.perturb_cutoff is None:
                 raise ConfigError("heavy_criterion applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
             if self.history_slow_beta is not None and self.heavy_criterion != "agreement":
@@ -294,6 +300,12 @@ class TrainConfig:
         long_casam_run = self.optimizer == "casam" and self.epochs >= LONG_RUN
         can_group = long_casam_run and self.why_one_perturbation() is None
         return by_loss(GROUPS_IN_LONG_RUNS, self.loss) if can_group else 1
+
+    def default_heavy_criterion(self) -> str | None:
+        """CA-SAM's heavy-noise criterion when none is given: HEAVY_CRITERION_BY_LOSS, for a run with the noise
+        switch (perturb_cutoff) and a criterion that may change (no two-speed memory, which is agreement's)."""
+        switchable = self.optimizer == "casam" and self.perturb_cutoff is not None and self.history_slow_beta is None
+        return by_loss(HEAVY_CRITERION_BY_LOSS, self.loss) if switchable else None
 
     def why_one_perturbation(self) -> str | None:
         """Why this run cannot take perturbation groups (the refusal for an explicit G > 1), or None if it can.

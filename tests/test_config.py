@@ -48,7 +48,7 @@ def test_saved_config_round_trips(tmp_path):
         ({"heavy_warmup": "5", "perturb_cutoff": "none"}, "give perturb_cutoff too"),
         ({"history_from": "2"}, "history_from must be below warmup .2.: the split needs a history when the warm-up ends; got 2"),
         ({"history_from": "-1"}, "history_from must be >= 0"),
-        ({"heavy_criterion": "loss"}, "heavy_criterion must be none or one of agreement"),
+        ({"heavy_criterion": "loss"}, "heavy_criterion must be auto, none or one of agreement"),
         ({"heavy_criterion": "small-loss", "perturb_cutoff": "none"}, "heavy_criterion applies when the noise estimate is above perturb_cutoff"),
         ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
         ({"loss": "elr", "elr_beta": "1"}, "elr_beta must be in"),
@@ -110,6 +110,23 @@ def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path
     assert "noisy_weight: 1.0" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="noisy_weight only applies with optimizer casam"):
         resolve(overrides={"optimizer": "sgd", "loss": "elr", "noisy_weight": "1"}, strict=True)
+
+
+def test_casam_heavy_criterion_default_depends_on_the_loss_and_the_switch_and_is_saved_resolved(tmp_path):
+    """Round 29: with cross-entropy the split's criterion under heavy noise is small-loss; other losses (not
+    measured), a run without the noise switch or with the two-speed memory (agreement's) keep their criterion."""
+    casam = {"optimizer": "casam"}
+    assert resolve(overrides={**casam, "loss": "ce"}).heavy_criterion == "small-loss"
+    assert resolve(overrides={**casam, "loss": "elr"}).heavy_criterion is None
+    assert resolve(overrides={**casam, "loss": "sce"}).heavy_criterion is None
+    assert resolve(overrides={**casam, "perturb_cutoff": "none"}).heavy_criterion is None
+    assert resolve(overrides={**casam, "history_slow_beta": "0.97"}).heavy_criterion is None
+    assert resolve(overrides={"optimizer": "sgd"}).heavy_criterion is None
+    assert resolve(overrides={**casam, "heavy_criterion": "none"}).heavy_criterion is None  # a given value stays
+    assert resolve(overrides={**casam, "loss": "elr", "heavy_criterion": "gmm"}).heavy_criterion == "gmm"
+    save_yaml(resolve(overrides=casam), tmp_path / "config.yaml")
+    assert "heavy_criterion: small-loss" in (tmp_path / "config.yaml").read_text()
+    assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_criterion == "small-loss"
 
 
 def test_casam_perturb_groups_default_depends_on_the_run_length_and_is_saved_resolved(tmp_path, monkeypatch):

@@ -537,3 +537,16 @@ def test_reproduces_round_28_from_the_committed_runs(paired):
     assert min(row["d"] for row in result["rows"]) == pytest.approx(-0.60, abs=0.005)
     lowest = [min(row[arm]["held_out"] for row in result["rows"]) for arm in ("default", "candidate")]
     assert lowest[1] - lowest[0] < 2
+
+
+def test_reproduces_round_29_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 29 and finding 33: at symmetric 80 % the small-loss criterion under heavy noise
+    is adopted (mean held-out d over 2 SE, every seed ahead) and ends higher on every seed's test accuracy."""
+    result = paired.compare(
+        ROOT / "docs" / "casam-heavy-criterion" / "runs", "casam+ce", "casam+ce@heavy-small-loss", pairs=["symmetric-0.8:100-104"],
+        guard=None, default_runs=ROOT / "docs" / "casam-heavy-warmup" / "runs",
+    )
+    assert result["n"] == 5 and result["verdict"] == "adopt" and result["every_d_positive"]
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (1.25, 0.78, 0.7)
+    test_gain = [row["candidate"]["test"] - row["default"]["test"] for row in result["rows"]]
+    assert min(test_gain) > 5 and max(test_gain) > 20

@@ -25,7 +25,7 @@ def test_reproduces_round_27s_reading_of_the_earlier_80_percent_runs(split_start
     side only, a split that starts below 62 % precise never ends above 48 % nor peaks above 56 %, and one that
     starts at 65 % or more always peaks at 50 % or more."""
     lines = split_start.main([str(ROOT / "docs" / "*" / "runs" / "symmetric-0.8" / "casam+*"),
-                              "--exclude", "@mu0.5", "@mu0.25", "@warmup-sam", "heavy-warmup", "history-from", "heavy-criterion"])
+                              "--exclude", "@mu0.5", "@mu0.25", "@warmup-sam", "heavy-warmup", "history-from", "heavy-criterion", "heavy-small-loss"])
     low = [line for line in lines if line["precision"] < 62]
     high = [line for line in lines if line["precision"] >= 65]
     # 59 folders, 36 of them at 65 % or more, when round 27 ran; later 80 % runs may add to them
@@ -47,3 +47,17 @@ def test_round_28s_split_starts_less_precise_without_the_first_epoch(split_start
     assert sorted(later) == sorted(defaults) == [f"seed{s}" for s in range(100, 105)]
     gaps = [defaults[seed] - later[seed] for seed in defaults]
     assert min(gaps) == pytest.approx(0.3, abs=0.06) and max(gaps) == pytest.approx(7.2, abs=0.06)
+
+
+def test_round_29s_split_starts_less_precise_and_ends_higher(split_start):
+    """docs/casam-split.md, finding 33: small-loss's split starts less precise than agreement's on every seed,
+    and every run ends higher."""
+    def by_seed(pattern):
+        return {Path(line["run"]).name: line for line in split_start.run_lines([str(ROOT / "docs" / pattern)])}
+
+    agreement = by_seed("casam-heavy-warmup/runs/symmetric-0.8/casam+ce")
+    small_loss = by_seed("casam-heavy-criterion/runs/symmetric-0.8/casam+ce@heavy-small-loss")
+    assert sorted(small_loss) == sorted(agreement) == [f"seed{s}" for s in range(100, 105)]
+    gaps = [agreement[seed]["precision"] - small_loss[seed]["precision"] for seed in agreement]
+    assert min(gaps) == pytest.approx(1.9, abs=0.06) and max(gaps) == pytest.approx(8.8, abs=0.06)
+    assert all(small_loss[seed]["last"] > agreement[seed]["last"] for seed in agreement)

@@ -198,7 +198,7 @@ def without_switch(metric_rows):
 def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, noise, heavy):
     """The default switch (mu 0.5, --perturb-cutoff 0.6667) reads the history's noise estimate once, after
     the warm-up, and logs it: below the cutoff the run is the fixed mu 0.5 run, above it the mu 0 run
-    (the paper's perturbation), metric for metric."""
+    (the paper's perturbation) with the small-loss criterion (round 29's heavy criterion), metric for metric."""
     def run(name, *extra):
         return digits_casam_run(tmp_path / name, noise, 4, *extra)
 
@@ -207,7 +207,7 @@ def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_unde
     estimate = switched[2]["noise_estimate"]
     assert (estimate > 0.6667) is heavy and all(r["noise_estimate"] == estimate for r in switched[2:])
     assert all(r["perturb_weight"] == (0.0 if heavy else 0.5) for r in switched[2:])
-    same = run("fixed", "--perturb-cutoff", "none", "--perturb-weight", "0" if heavy else "0.5")
+    same = run("fixed", "--perturb-cutoff", "none", "--perturb-weight", "0" if heavy else "0.5", *(["--criterion", "small-loss"] if heavy else []))
     assert without_switch(switched) == same
 
 
@@ -228,15 +228,16 @@ def test_heavy_warmup_lengthens_the_warmup_only_under_heavy_noise(tmp_path, nois
 
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
 def test_heavy_criterion_changes_the_criterion_only_under_heavy_noise(tmp_path, noise, heavy):
-    """--heavy-criterion small-loss: under heavy noise the run is the --criterion small-loss run metric for
-    metric (the warm-up is criterion-free, and the switch hands over before the first split); under moderate
-    noise it is the run without the option."""
+    """--heavy-criterion small-loss (casam train's default with cross-entropy since round 29): under heavy noise
+    the run is the --criterion small-loss run metric for metric (the warm-up is criterion-free, and the switch
+    hands over before the first split) and not the agreement run; under moderate noise it is the run without
+    the option."""
     switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-criterion", "small-loss")
     assert (switched[2]["noise_estimate"] > 0.6667) is heavy
-    same = digits_casam_run(tmp_path / "same", noise, 4, *(["--criterion", "small-loss"] if heavy else []))
+    same = digits_casam_run(tmp_path / "same", noise, 4, *(["--criterion", "small-loss"] if heavy else ["--heavy-criterion", "none"]))
     assert switched == same
     if heavy:
-        assert switched != digits_casam_run(tmp_path / "agreement", noise, 4)
+        assert switched != digits_casam_run(tmp_path / "agreement", noise, 4, "--heavy-criterion", "none")
 
 
 def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):

@@ -46,7 +46,7 @@ HELP = {
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",
     "heavy_warmup": "CA-SAM: the warm-up's epochs in all when the noise estimate after --warmup is above --perturb-cutoff (0: not extended)",
     "history_from": "CA-SAM: the first epoch whose outputs the history records (0: all; below --warmup)",
-    "heavy_criterion": "CA-SAM: the criterion once the noise estimate after the warm-up is above --perturb-cutoff (none: --criterion throughout)",
+    "heavy_criterion": "CA-SAM: the criterion once the noise estimate after the warm-up is above --perturb-cutoff (none: --criterion throughout; auto: small-loss with cross-entropy, none with other losses)",
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss, gmm or class-thresholds",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "history_slow_beta": "CA-SAM agreement: momentum of a second, slower EMA that must also agree with the label (none: one memory)",

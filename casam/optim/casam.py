@@ -115,7 +115,8 @@ class CASAM(SAM):
             At symmetric 80 % agreement's split starts lopsided: it keeps 80-90 % of the clean samples of
             the classes the young network already names and 0-3 % of others, and the perturbation
             and update it weights then teach those classes only; small-loss keeps the same share of
-            every given class (docs/casam-split.md, round 29).
+            every given class. Measured there (docs/casam-split.md, round 29): every tuning seed ahead,
+            test 61.5 against 48.9 %; `casam train` takes small-loss with cross-entropy, the class None.
     """
 
     _WRAPPER = "CASAM"
