@@ -550,3 +550,14 @@ def test_reproduces_round_29_from_the_committed_runs(paired):
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (1.25, 0.78, 0.7)
     test_gain = [row["candidate"]["test"] - row["default"]["test"] for row in result["rows"]]
     assert min(test_gain) > 5 and max(test_gain) > 20
+
+
+def test_round_29s_default_on_the_tables_seeds(paired):
+    """docs/casam-split.md, round 29 and the README: on the 20-epoch table's seeds at symmetric 80 % the new
+    default is ahead of agreement's CA-SAM on every seed, and of SGD+CE by more than 5 points on every seed."""
+    runs = ROOT / "docs" / "benchmarks" / "runs"
+    result = paired.compare(runs, "casam+ce", "casam+ce@heavy-small-loss", pairs=["symmetric-0.8:0-2"], guard=None, score="test")
+    assert [round(row["d"], 2) for row in result["rows"]] == [12.83, 14.55, 13.56]
+    def last(method, seed):
+        return 100 * json.loads((runs / "symmetric-0.8" / method / f"seed{seed}" / "summary.json").read_text())["last_acc"]
+    assert min(last("casam+ce@heavy-small-loss", s) - last("sgd+ce", s) for s in range(3)) > 12
