@@ -109,11 +109,13 @@ class CASAM(SAM):
         history_from_epoch: the first epoch whose outputs the history records, before `warmup_epochs`
             (0: all). The first epoch's outputs come from a network that has barely learned (22-48 % test
             accuracy at symmetric 80 %), yet after a two-epoch warm-up they carry 47 % of every h_i; 1
-            leaves them out, so the split starts from the second epoch's outputs alone.
+            leaves them out, so the split starts from the second epoch's outputs alone. Measured there
+            (docs/casam-split.md, round 28): the split then starts less precise on every tuning seed (one
+            epoch's outputs are a noisier verdict than two); off by default.
         heavy_criterion: with perturb_cutoff, the history's criterion (one of `casam.history.CRITERIA`)
             from the moment the estimate read after the warm-up is above the cutoff (None: unchanged).
-            At symmetric 80 % agreement's split starts lopsided: it keeps 80-90 % of the clean samples of
-            the classes the young network already names and 0-3 % of others, and the perturbation
+            At symmetric 80 % agreement's split starts lopsided: it keeps most clean samples of the
+            classes the young network already names and few or none of the others, and the perturbation
             and update it weights then teach those classes only; small-loss keeps the same share of
             every given class. Measured there (docs/casam-split.md, round 29): every tuning seed ahead,
             test 61.5 against 48.9 %; `casam train` takes small-loss with cross-entropy, the class None.
