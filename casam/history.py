@@ -78,10 +78,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SampleHistory", "CRITERIA"]
+__all__ = ["SampleHistory", "CRITERIA", "check_usable_criterion"]
 
 CRITERIA = ("agreement", "confidence", "small-loss", "gmm", "class-thresholds")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_usable_criterion(criterion: str, *, slow_beta: float | None) -> None:
+    """Refuse a known criterion that a history cannot split by: anything but agreement beside a slow memory
+    (the two memories vote on agreement), or gmm without scikit-learn. Shared by the history's constructor
+    and by CA-SAM's heavy-noise criterion, which the history takes later."""
+    if slow_beta is not None and criterion != "agreement":
+        raise ValueError(f"a history with a slow memory (slow_beta, a two-speed memory) works with criterion 'agreement' only, got {criterion!r}")
+    if criterion == "gmm":
+        try:
+            import sklearn.mixture  # noqa: F401
+        except ImportError as error:
+            raise ImportError("criterion 'gmm' needs scikit-learn: pip install 'casam[sklearn]'") from error
 
 
 def _is_int(value: Any) -> bool:
@@ -154,13 +167,7 @@ class SampleHistory:
         if slow_beta is not None:
             if not _is_number(slow_beta) or not beta < slow_beta < 1:
                 raise ValueError(f"slow_beta must be None or in (beta, 1) = ({beta}, 1), got {slow_beta!r}")
-            if criterion != "agreement":
-                raise ValueError(f"slow_beta (a two-speed memory) works with criterion 'agreement' only, got {criterion!r}")
-        if criterion == "gmm":
-            try:
-                import sklearn.mixture  # noqa: F401
-            except ImportError as error:
-                raise ImportError("criterion 'gmm' needs scikit-learn: pip install 'casam[sklearn]'") from error
+        check_usable_criterion(criterion, slow_beta=slow_beta)
         self.num_samples, self.num_classes = int(num_samples), int(num_classes)
         self.beta, self.criterion, self.tau = float(beta), criterion, float(tau)
         self.clean_fraction, self.seed = (None if clean_fraction is None else float(clean_fraction)), int(seed)

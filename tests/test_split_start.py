@@ -12,6 +12,11 @@ def split_start(benchmark_script):
     return benchmark_script("split_start")
 
 
+def lines_by_seed(split_start, method_dir):
+    """split_start.py's lines for one committed method folder under docs/, keyed by seed folder name."""
+    return {Path(line["run"]).name: line for line in split_start.run_lines([str(ROOT / "docs" / method_dir)])}
+
+
 def test_the_split_starts_at_the_first_epoch_that_sets_samples_aside(split_start):
     warm = {"sel_precision": 0.2, "selected_fraction": 1.0}
     rows = [warm, warm, {"sel_precision": 0.6, "selected_fraction": 0.15}, {"sel_precision": 0.7, "selected_fraction": 0.16}]
@@ -39,24 +44,18 @@ def test_reproduces_round_27s_reading_of_the_earlier_80_percent_runs(split_start
 
 def test_round_28s_split_starts_less_precise_without_the_first_epoch(split_start):
     """docs/casam-split.md, finding 32: with history_from 1 the split starts less precise on every seed."""
-    def by_seed(pattern):
-        return {Path(line["run"]).name: line["precision"] for line in split_start.run_lines([str(ROOT / "docs" / pattern)])}
-
-    defaults = by_seed("casam-heavy-warmup/runs/symmetric-0.8/casam+ce")
-    later = by_seed("casam-history-from/runs/symmetric-0.8/casam+ce@history-from1")
+    defaults = lines_by_seed(split_start, "casam-heavy-warmup/runs/symmetric-0.8/casam+ce")
+    later = lines_by_seed(split_start, "casam-history-from/runs/symmetric-0.8/casam+ce@history-from1")
     assert sorted(later) == sorted(defaults) == [f"seed{s}" for s in range(100, 105)]
-    gaps = [defaults[seed] - later[seed] for seed in defaults]
+    gaps = [defaults[seed]["precision"] - later[seed]["precision"] for seed in defaults]
     assert min(gaps) == pytest.approx(0.3, abs=0.06) and max(gaps) == pytest.approx(7.2, abs=0.06)
 
 
 def test_round_29s_split_starts_less_precise_and_ends_higher(split_start):
     """docs/casam-split.md, finding 33: small-loss's split starts less precise than agreement's on every seed,
     and every run ends higher."""
-    def by_seed(pattern):
-        return {Path(line["run"]).name: line for line in split_start.run_lines([str(ROOT / "docs" / pattern)])}
-
-    agreement = by_seed("casam-heavy-warmup/runs/symmetric-0.8/casam+ce")
-    small_loss = by_seed("casam-heavy-criterion/runs/symmetric-0.8/casam+ce@heavy-small-loss")
+    agreement = lines_by_seed(split_start, "casam-heavy-warmup/runs/symmetric-0.8/casam+ce")
+    small_loss = lines_by_seed(split_start, "casam-heavy-criterion/runs/symmetric-0.8/casam+ce@heavy-small-loss")
     assert sorted(small_loss) == sorted(agreement) == [f"seed{s}" for s in range(100, 105)]
     gaps = [agreement[seed]["precision"] - small_loss[seed]["precision"] for seed in agreement]
     assert min(gaps) == pytest.approx(1.9, abs=0.06) and max(gaps) == pytest.approx(8.8, abs=0.06)

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from casam import distributed
-from casam.history import CRITERIA, SampleHistory
+from casam.history import CRITERIA, SampleHistory, check_usable_criterion
 from casam.optim.bn import frozen_bn_stats
 from casam.optim.sam import SAM, _check_count, _global_norm
 
@@ -174,10 +174,10 @@ class CASAM(SAM):
                 raise ValueError(f"heavy_criterion must be None or one of {', '.join(CRITERIA)}, got {heavy_criterion!r}")
             if perturb_cutoff is None:
                 raise ValueError("heavy_criterion needs perturb_cutoff: the criterion changes when the noise estimate is above it")
-            if history.slow_beta is not None and heavy_criterion != "agreement":
-                raise ValueError("heavy_criterion: the history's slow memory (slow_beta) works with criterion 'agreement' only")
-            if heavy_criterion == "gmm":
-                SampleHistory(1, 2, criterion="gmm")  # raises the history's own ImportError without scikit-learn
+            try:
+                check_usable_criterion(heavy_criterion, slow_beta=history.slow_beta)
+            except ValueError as error:
+                raise ValueError(f"heavy_criterion: {error}") from None
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
