@@ -79,6 +79,7 @@ _USED_BY = {
     "heavy_warmup": ("optimizer", ("casam",)),
     "history_from": ("optimizer", ("casam",)),
     "heavy_criterion": ("optimizer", ("casam",)),
+    "heavy_groups": ("optimizer", ("casam",)),
     "criterion": ("optimizer", ("casam",)),
     "history_beta": ("optimizer", ("casam",)),
     "history_debias": ("optimizer", ("casam",)),
@@ -155,6 +156,7 @@ class TrainConfig:
     perturb_balance: bool = False  # with mu: mean of each side (mean_C + mu mean_N), the same mu at any noise level
     perturb_cutoff: float | None = 0.6667  # mu 0 instead if the history's noise estimate after the warm-up is above this (round 9)
     perturb_groups: int | None = None  # G > 1: a perturbation per group of the batch, each with its share of clean samples (round 19); None: see LONG_RUN
+    heavy_groups: int | None = None  # the perturbation groups once the noise estimate after the warm-up is above perturb_cutoff; None: perturb_groups throughout (round 30)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
@@ -258,6 +260,13 @@ class TrainConfig:
             raise ConfigError(f"perturb_groups must be at least 1; got {self.perturb_groups}")
         if self.perturb_groups > 1 and (reason := self.why_one_perturbation()):
             raise ConfigError(reason)
+        if self.heavy_groups is not None:
+            if self.heavy_groups < 1:
+                raise ConfigError(f"heavy_groups must be at least 1 or none; got {self.heavy_groups}")
+            if self.perturb_cutoff is None:
+                raise ConfigError("heavy_groups applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
+            if self.heavy_groups > 1 and (reason := self.why_one_perturbation()):
+                raise ConfigError(reason.replace("perturb_groups", "heavy_groups", 1))
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it
@@ -449,7 +458,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Options a run's config.yaml may lack because the run was saved before they existed, with the value
 # such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
 # of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
-BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None}
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None}
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

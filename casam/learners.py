@@ -73,7 +73,8 @@ def update_on_batch(
 
     local_first_pass: SAM-family only, m-sharpness: the first backward and the perturbation stay per
     rank (the caller must have run the first forward inside `first_pass_context` as well).
-    perturb_groups: CA-SAM only, G > 1: a perturbation per group of the batch (`CASAM.grouped_step`).
+    perturb_groups: CA-SAM only, G > 1: a perturbation per group of the batch (`CASAM.grouped_step`);
+        under heavy noise the optimizer's `heavy_groups` instead, if set.
     Returns CA-SAM's likely-clean mask, else None.
     """
     scaler = precision.scaler
@@ -85,12 +86,12 @@ def update_on_batch(
         with frozen_bn_stats(model), precision.autocast():
             return loss_fn(model(xs), targets, ids).float()
 
-    if isinstance(optimizer, CASAM) and perturb_groups > 1:
+    if isinstance(optimizer, CASAM) and (groups := optimizer.perturbation_groups(perturb_groups)) > 1:  # heavy_groups under heavy noise
 
         def losses_of(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return second_pass(targets, rows)
 
-        return optimizer.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=perturb_groups)
+        return optimizer.grouped_step(losses, logits=logits, indices=idx, labels=y, losses_of=losses_of, groups=groups)
     if isinstance(optimizer, CASAM):
         with first:
             clean = optimizer.first_step(losses, logits=logits, indices=idx, labels=y, scaler=scaler)

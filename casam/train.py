@@ -143,6 +143,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
         warmup_rho=config.warmup_rho, perturb_from=config.perturb_from,
         perturb_weight=config.perturb_weight, perturb_balance=config.perturb_balance, perturb_cutoff=config.perturb_cutoff,
         warmup_epochs=config.warmup, heavy_warmup_epochs=config.heavy_warmup, history_from_epoch=config.history_from, heavy_criterion=config.heavy_criterion,
+        heavy_groups=config.heavy_groups,
         min_clean=config.min_clean, measure_cosine=config.log_cosine, **kwargs,
     )
 
@@ -303,9 +304,10 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
     # the groups change a CA-SAM step's cost (2.49x on two threads) and are chosen by the run's length
     # (config.LONG_RUN), so a 30-epoch run that is slower than a 29-epoch one says why
     groups = config.perturb_groups if config.optimizer == "casam" and config.perturb_groups > 1 else None
+    heavy = "" if config.heavy_groups in (None, groups) else f"; {config.heavy_groups} under heavy noise"
     lines = [
         f"casam train: {method} on {config.dataset} ({config.noise}), {summary['epochs']} epochs, seed {config.seed}"
-        + (f", a perturbation per group ({groups} groups per batch)" if groups else ""),
+        + (f", a perturbation per group ({groups} groups per batch{heavy})" if groups else ""),
         f"  test accuracy   last {pct(summary['last_acc'])}   best {pct(summary['best_acc'])} (epoch {summary['best_epoch']})",
     ]
     if "val_best_epoch" in summary:

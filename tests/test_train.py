@@ -240,6 +240,21 @@ def test_heavy_criterion_changes_the_criterion_only_under_heavy_noise(tmp_path, 
         assert switched != digits_casam_run(tmp_path / "agreement", noise, 4, "--heavy-criterion", "none")
 
 
+@pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
+def test_heavy_groups_take_over_the_groups_only_under_heavy_noise(tmp_path, capsys, noise, heavy):
+    """--perturb-groups 4 --heavy-groups 1: under heavy noise the run is the --perturb-groups 1 run metric for
+    metric (the warm-up's grouped steps are whole-batch steps, and the switch is read before the first split)
+    and not the 4-group run; under moderate noise it is the 4-group run. The summary names both."""
+    capsys.readouterr()
+    switched = digits_casam_run(tmp_path / "switched", noise, 4, "--perturb-groups", "4", "--heavy-groups", "1")
+    assert "a perturbation per group (4 groups per batch; 1 under heavy noise)" in capsys.readouterr().out
+    assert (switched[2]["noise_estimate"] > 0.6667) is heavy
+    one = digits_casam_run(tmp_path / "one", noise, 4, "--perturb-groups", "1")
+    four = digits_casam_run(tmp_path / "four", noise, 4, "--perturb-groups", "4")
+    assert (switched == one) is heavy and (switched == four) is not heavy
+    assert "heavy_groups: 1" in (tmp_path / "switched" / "config.yaml").read_text()
+
+
 def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):
     """--history-from 1: the warm-up trains as without it (epochs 0-1 metric for metric); the noise
     estimate read after it and the split from epoch 2 on come from the second epoch's outputs alone, so

@@ -618,6 +618,32 @@ def test_heavy_criterion_bad_input(tiny):
         make(tiny.model(), slow, perturb_cutoff=0.5, heavy_criterion="small-loss")
 
 
+@pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
+def test_heavy_groups_replace_the_callers_groups_only_above_the_cutoff(tiny, cutoff, heavy):
+    """heavy_groups 1 after a 1-epoch warm-up: before the estimate (5/12) is read, and below the cutoff, a
+    step takes the caller's groups; above it, one. A resumed optimizer reads the same (the estimate is saved)."""
+    history, _ = believed_history(tiny)
+    opt = make(tiny.model(), history, perturb_cutoff=cutoff, warmup_epochs=1, heavy_groups=1)
+    assert opt.perturbation_groups(8) == 8  # the warm-up: no estimate yet
+    opt.set_epoch(1)
+    assert opt.heavy_noise == heavy and opt.perturbation_groups(8) == (1 if heavy else 8)
+    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), perturb_cutoff=cutoff, warmup_epochs=1, heavy_groups=1)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.perturbation_groups(8) == (1 if heavy else 8)
+    plain = make(tiny.model(), believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1)
+    plain.set_epoch(1)
+    assert plain.perturbation_groups(8) == 8  # no heavy_groups: the caller's
+
+
+def test_heavy_groups_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    with pytest.raises(ValueError, match="heavy_groups needs perturb_cutoff"):
+        make(tiny.model(), history, heavy_groups=1)
+    for bad in (0, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="heavy_groups must be None or an integer >= 1"):
+            make(tiny.model(), history, perturb_cutoff=0.5, heavy_groups=bad)
+
+
 def test_perturb_cutoff_bad_input(tiny):
     history, _ = believed_history(tiny)
     for bad in (0, 1.5, True, "0.5"):
