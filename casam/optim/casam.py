@@ -6,7 +6,8 @@ Per batch B (indices I, given labels y), with `history` a `casam.history.SampleH
        from epoch `history_from_epoch` on)
     2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs, or
                                                 `heavy_warmup_epochs` under heavy noise; under heavy
-                                                noise the criterion may be `heavy_criterion`)
+                                                noise the criterion may be `heavy_criterion`, and
+                                                `grouped_step`'s groups `heavy_groups`)
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
        (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise)
