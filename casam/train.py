@@ -290,6 +290,8 @@ def summarize(rows: list[dict[str, Any]], total_time: float) -> dict[str, Any]:
     for key in ("sel_precision", "sel_recall", "sel_f1", "selected_fraction", "memorization"):
         if key in last:
             summary[key] = last[key]
+    if last.get("noise_estimate") is not None:  # CA-SAM's switch: what the run took from the warm-up on
+        summary["noise_estimate"] = last["noise_estimate"]
     chosen = held_out_pick(rows)
     if chosen is not None:
         summary.update(val_best_epoch=chosen["epoch"], val_best_acc=chosen["val_acc"], val_best_test_acc=chosen["test_acc"])
@@ -303,11 +305,13 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
     method = f"{config.optimizer}+{config.loss}" + ("" if config.selection == "none" else f"+{config.selection}")
     # the groups change a CA-SAM step's cost (2.49x on two threads) and are chosen by the run's length
     # (config.LONG_RUN), so a 30-epoch run that is slower than a 29-epoch one says why
-    groups = config.perturb_groups if config.optimizer == "casam" and config.perturb_groups > 1 else None
-    heavy = "" if config.heavy_groups in (None, groups) else f"; {config.heavy_groups} under heavy noise"
+    groups = config.perturb_groups if config.optimizer == "casam" else 1
+    estimate, cutoff = summary.get("noise_estimate"), config.perturb_cutoff
+    if config.heavy_groups is not None and None not in (estimate, cutoff) and estimate > cutoff:
+        groups = config.heavy_groups  # CASAM.perturbation_groups: from the first split on (the warm-up's steps are whole-batch)
     lines = [
         f"casam train: {method} on {config.dataset} ({config.noise}), {summary['epochs']} epochs, seed {config.seed}"
-        + (f", a perturbation per group ({groups} groups per batch{heavy})" if groups else ""),
+        + (f", a perturbation per group ({groups} groups per batch)" if groups > 1 else ""),
         f"  test accuracy   last {pct(summary['last_acc'])}   best {pct(summary['best_acc'])} (epoch {summary['best_epoch']})",
     ]
     if "val_best_epoch" in summary:
