@@ -50,7 +50,8 @@ def test_saved_config_round_trips(tmp_path):
         ({"history_from": "-1"}, "history_from must be >= 0"),
         ({"heavy_criterion": "loss"}, "heavy_criterion must be auto, none or one of agreement"),
         ({"heavy_criterion": "small-loss", "perturb_cutoff": "none"}, "heavy_criterion applies when the noise estimate is above perturb_cutoff"),
-        ({"heavy_groups": "0"}, "heavy_groups must be at least 1 or none; got 0"),
+        ({"heavy_groups": "0"}, "heavy_groups must be auto, none or at least 1; got 0"),
+        ({"heavy_groups": "many"}, "heavy_groups must be auto, none or at least 1; got 'many'"),
         ({"heavy_groups": "1", "perturb_cutoff": "none"}, "heavy_groups applies when the noise estimate is above perturb_cutoff"),
         ({"heavy_groups": "4", "log_cosine": "true"}, "heavy_groups above 1 runs without a gradient scaler"),
         ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
@@ -130,6 +131,25 @@ def test_casam_heavy_criterion_default_depends_on_the_loss_and_the_switch_and_is
     save_yaml(resolve(overrides=casam), tmp_path / "config.yaml")
     assert "heavy_criterion: small-loss" in (tmp_path / "config.yaml").read_text()
     assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_criterion == "small-loss"
+
+
+def test_casam_heavy_groups_default_is_one_perturbation_in_grouped_runs_with_cross_entropy(tmp_path):
+    """Round 30: a run that takes perturbation groups with cross-entropy takes one perturbation under heavy
+    noise; runs without groups (shorter, ELR, SCE) or without the noise switch have nothing to replace, and
+    other losses (not measured) keep their groups. "auto" reads as a word, a number as a number."""
+    casam = {"optimizer": "casam"}  # the main job's 40 epochs: 8 groups
+    assert resolve(overrides=casam).heavy_groups == 1
+    assert resolve(overrides={**casam, "epochs": "20"}).heavy_groups is None
+    assert resolve(overrides={**casam, "loss": "elr"}).heavy_groups is None
+    assert resolve(overrides={**casam, "loss": "gce"}).heavy_groups is None
+    assert resolve(overrides={**casam, "perturb_cutoff": "none"}).heavy_groups is None
+    assert resolve(overrides={**casam, "epochs": "20", "perturb_groups": "4"}).heavy_groups == 1
+    assert resolve(overrides={**casam, "heavy_groups": "none"}).heavy_groups is None  # given values stay
+    assert resolve(overrides={**casam, "heavy_groups": "2"}).heavy_groups == 2
+    assert resolve(overrides={**casam, "heavy_groups": "auto"}).heavy_groups == 1
+    save_yaml(resolve(overrides=casam), tmp_path / "config.yaml")
+    assert "heavy_groups: 1" in (tmp_path / "config.yaml").read_text()
+    assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_groups == 1
 
 
 def test_casam_perturb_groups_default_depends_on_the_run_length_and_is_saved_resolved(tmp_path, monkeypatch):

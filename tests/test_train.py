@@ -251,7 +251,7 @@ def test_heavy_groups_take_over_the_groups_only_under_heavy_noise(tmp_path, caps
     assert heavy or "a perturbation per group (4 groups per batch)" in out
     assert (switched[2]["noise_estimate"] > 0.6667) is heavy
     one = digits_casam_run(tmp_path / "one", noise, 4, "--perturb-groups", "1")
-    four = digits_casam_run(tmp_path / "four", noise, 4, "--perturb-groups", "4")
+    four = digits_casam_run(tmp_path / "four", noise, 4, "--perturb-groups", "4", "--heavy-groups", "none")
     assert (switched == one) is heavy and (switched == four) is not heavy
     assert "heavy_groups: 1" in (tmp_path / "switched" / "config.yaml").read_text()
 

@@ -47,7 +47,7 @@ HELP = {
     "heavy_warmup": "CA-SAM: the warm-up's epochs in all when the noise estimate after --warmup is above --perturb-cutoff (0: not extended)",
     "history_from": "CA-SAM: the first epoch whose outputs the history records (0: all; below --warmup)",
     "heavy_criterion": "CA-SAM: the criterion once the noise estimate after the warm-up is above --perturb-cutoff (none: --criterion throughout; auto: small-loss with cross-entropy, none with other losses)",
-    "heavy_groups": "CA-SAM: the perturbation groups once the noise estimate after the warm-up is above --perturb-cutoff (none: --perturb-groups throughout)",
+    "heavy_groups": "CA-SAM: the perturbation groups once the noise estimate after the warm-up is above --perturb-cutoff (none: --perturb-groups throughout; auto: 1 with cross-entropy in runs that take groups, none otherwise)",
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss, gmm or class-thresholds",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
     "history_slow_beta": "CA-SAM agreement: momentum of a second, slower EMA that must also agree with the label (none: one memory)",
