@@ -307,7 +307,8 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
     # (config.LONG_RUN), so a 30-epoch run that is slower than a 29-epoch one says why
     groups = config.perturb_groups if config.optimizer == "casam" else 1
     estimate, cutoff = summary.get("noise_estimate"), config.perturb_cutoff
-    if config.heavy_groups is not None and None not in (estimate, cutoff) and estimate > cutoff:
+    heavy = None not in (estimate, cutoff) and estimate > cutoff  # CA-SAM's switch found heavy noise
+    if heavy and config.heavy_groups is not None:
         groups = config.heavy_groups  # CASAM.perturbation_groups: from the first split on (the warm-up's steps are whole-batch)
     lines = [
         f"casam train: {method} on {config.dataset} ({config.noise}), {summary['epochs']} epochs, seed {config.seed}"
@@ -324,6 +325,14 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
             f"  likely-clean    precision {pct(summary['sel_precision'])}   recall {pct(summary['sel_recall'])}"
             f"   selected {pct(summary.get('selected_fraction'))}"
         )
+    if heavy:  # what the switch changed: a run at heavy noise is not the run its flags describe
+        changed = [name for name, on in (
+            ("mu 0", config.perturb_weight > 0),
+            (f"the {config.heavy_criterion} split", config.heavy_criterion is not None),
+            (f"{config.heavy_groups} perturbation{'s' if config.heavy_groups != 1 else ''} per batch", config.heavy_groups not in (None, config.perturb_groups)),
+            (f"warm-up to epoch {config.heavy_warmup}", config.heavy_warmup > 0),
+        ) if on]
+        lines.append(f"  heavy noise     estimated {pct(estimate).strip()} after the warm-up (cutoff {pct(cutoff).strip()}): {', '.join(changed) or 'nothing changed'}")
     if "memorization" in summary:
         lines.append(f"  memorisation    {pct(summary['memorization'])} of mislabelled samples fitted to their wrong label")
     if "suspects" in summary:

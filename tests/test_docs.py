@@ -38,3 +38,17 @@ def test_thirty_epoch_table_in_the_readme_is_its_report():
     [in_readme] = headline_tables((REPO / "README.md").read_text(), "instance:0.4")
     assert in_readme == headline
     assert "| casam+ce |" in headline and "| sam+ce |" in headline
+
+
+def test_training_docs_heavy_noise_summary_is_what_casam_train_prints(tmp_path, capsys):
+    """docs/training.md's 80 % digits run, re-run: the summary it shows (but the time and the folder) is the one
+    casam train prints, heavy-noise line included."""
+    text = (REPO / "docs" / "training.md").read_text()
+    shown = text.split("--out /tmp/heavy --progress false\n", 1)[1].split("```", 1)[0].splitlines()
+    capsys.readouterr()
+    assert main(["train", "--dataset", "digits", "--train-subset", "1000", "--model", "mlp", "--epochs", "20", "--lr", "0.1",
+                 "--noise", "symmetric:0.8", "--out", str(tmp_path / "heavy"), "--progress", "false"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    def kept(lines):
+        return [line for line in lines if not line.startswith(("  time ", "  run folder "))]
+    assert kept(printed[-len(shown):]) == kept(shown) and any(line.startswith("  heavy noise ") for line in shown)

@@ -195,14 +195,19 @@ def without_switch(metric_rows):
 
 
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
-def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, noise, heavy):
+def test_perturb_cutoff_runs_as_mu_under_moderate_noise_and_as_the_defaults_under_heavy(tmp_path, capsys, noise, heavy):
     """The default switch (mu 0.5, --perturb-cutoff 0.6667) reads the history's noise estimate once, after
     the warm-up, and logs it: below the cutoff the run is the fixed mu 0.5 run, above it the mu 0 run
-    (the paper's perturbation) with the small-loss criterion (round 29's heavy criterion), metric for metric."""
+    (the paper's perturbation) with the small-loss criterion (round 29's heavy criterion), metric for metric.
+    The summary says so under heavy noise only."""
     def run(name, *extra):
         return digits_casam_run(tmp_path / name, noise, 4, *extra)
 
+    capsys.readouterr()
     switched = run("defaults")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  heavy noise ")]
+    assert said == ([f"  heavy noise     estimated {100 * switched[2]['noise_estimate']:.1f} % after the warm-up (cutoff 66.7 %): "
+                     "mu 0, the small-loss split"] if heavy else [])
     assert all(r["noise_estimate"] is None and r["perturb_weight"] == 0.5 for r in switched[:2])  # warm-up: not read yet
     estimate = switched[2]["noise_estimate"]
     assert (estimate > 0.6667) is heavy and all(r["noise_estimate"] == estimate for r in switched[2:])
