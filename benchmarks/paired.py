@@ -32,6 +32,7 @@ images (`HELD_OUT_KEYS`), which the tuning reports share by construction.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -39,7 +40,7 @@ import sys
 from pathlib import Path
 
 from casam.bench import epoch_figures
-from casam.config import load_run_config
+from casam.config import TrainConfig, load_run_config
 from casam.train import read_metrics
 
 ROUNDS_PAIRS = ["symmetric-0.5:100-104", "asymmetric-0.4:100-102", "instance-0.4:100-102"]
@@ -88,8 +89,11 @@ def run_figures(folder: Path, *, held_out: bool = True) -> dict | None:
 
 
 def check_same_held_out(base: Path, cand: Path) -> None:
-    """Refuse a pair whose runs were not scored on the same held-out images (ValueError)."""
-    configs = [load_run_config(folder / "config.yaml") if (folder / "config.yaml").exists() else None
+    """Refuse a pair whose runs were not scored on the same held-out images (ValueError).
+
+    A key a run's config.yaml lacks (saved before the option existed, e.g. val_size) has its default."""
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+    configs = [{**defaults, **load_run_config(folder / "config.yaml")} if (folder / "config.yaml").exists() else None
                for folder in (base, cand)]
     if None in configs:
         return  # a folder without its config (the tests' synthetic runs): nothing to compare

@@ -558,9 +558,9 @@ def test_round_29s_default_on_the_tables_seeds(paired):
     runs = ROOT / "docs" / "benchmarks" / "runs"
     result = paired.compare(runs, "casam+ce", "casam+ce@heavy-small-loss", pairs=["symmetric-0.8:0-2"], guard=None, score="test")
     assert [round(row["d"], 2) for row in result["rows"]] == [12.83, 14.55, 13.56]
-    def last(method, seed):
-        return 100 * json.loads((runs / "symmetric-0.8" / method / f"seed{seed}" / "summary.json").read_text())["last_acc"]
-    assert min(last("casam+ce@heavy-small-loss", s) - last("sgd+ce", s) for s in range(3)) > 12
+    # the table's SGD+CE runs predate val_size in config.yaml: read as its default (0, as they were run)
+    against_sgd = paired.compare(runs, "sgd+ce", "casam+ce@heavy-small-loss", pairs=["symmetric-0.8:0-2"], guard=None, score="test")
+    assert [round(row["d"], 1) for row in against_sgd["rows"]] == [25.8, 22.3, 12.3]
 
 
 def test_round_29s_default_in_30_epochs_does_not_hold_up(paired):
