@@ -32,7 +32,6 @@ images (`HELD_OUT_KEYS`), which the tuning reports share by construction.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -91,10 +90,10 @@ def run_figures(folder: Path, *, held_out: bool = True) -> dict | None:
 def check_same_held_out(base: Path, cand: Path) -> None:
     """Refuse a pair whose runs were not scored on the same held-out images (ValueError).
 
-    A key a run's config.yaml lacks (saved before the option existed, e.g. val_size) has its default."""
-    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-    configs = [{**defaults, **load_run_config(folder / "config.yaml")} if (folder / "config.yaml").exists() else None
-               for folder in (base, cand)]
+    An option a run's config.yaml lacks (saved before it existed, e.g. val_size) has its default, as `casam bench`
+    reads a saved run."""
+    paths = [folder / "config.yaml" for folder in (base, cand)]
+    configs = [TrainConfig.from_dict(load_run_config(path), source=str(path)).to_dict() if path.exists() else None for path in paths]
     if None in configs:
         return  # a folder without its config (the tests' synthetic runs): nothing to compare
     differ = [key for key in HELD_OUT_KEYS if configs[0].get(key) != configs[1].get(key)]

@@ -241,12 +241,8 @@ class TrainConfig:
         if self.heavy_criterion is not None:
             if self.heavy_criterion not in CRITERIA:
                 raise ConfigError(f"heavy_criterion must be auto, none or one of {', '.join(CRITERIA)}; got {self.heavy_criterion!r}")
-            if self.perturb_cutoff is None:
-                raise ConfigError("heavy_criterion applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
             if self.history_slow_beta is not None and self.heavy_criterion != "agreement":
                 raise ConfigError(f"history_slow_beta (a two-speed memory) works with criterion agreement only; got heavy_criterion {self.heavy_criterion}")
-        if self.heavy_warmup and self.perturb_cutoff is None:
-            raise ConfigError("heavy_warmup extends the warm-up when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
         if not 0 <= self.history_beta < 1:
             raise ConfigError(f"history_beta must be in [0, 1); got {self.history_beta}")
         if self.history_slow_beta is not None:
@@ -269,10 +265,12 @@ class TrainConfig:
         if self.heavy_groups is not None:
             if isinstance(self.heavy_groups, str) or self.heavy_groups < 1:
                 raise ConfigError(f"heavy_groups must be auto, none or at least 1; got {self.heavy_groups!r}")
-            if self.perturb_cutoff is None:
-                raise ConfigError("heavy_groups applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
-            if self.heavy_groups > 1 and (reason := self.why_one_perturbation()):
-                raise ConfigError(reason.replace("perturb_groups", "heavy_groups", 1))
+            if self.heavy_groups > 1 and (reason := self.why_one_perturbation("heavy_groups")):
+                raise ConfigError(reason)
+        if self.perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
+            for name in ("heavy_warmup", "heavy_criterion", "heavy_groups"):
+                if getattr(self, name):
+                    raise ConfigError(f"{name} applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it
@@ -328,8 +326,8 @@ class TrainConfig:
         grouped = self.optimizer == "casam" and self.perturb_cutoff is not None and self.perturb_groups > 1
         return by_loss(HEAVY_GROUPS_BY_LOSS, self.loss) if grouped else None
 
-    def why_one_perturbation(self) -> str | None:
-        """Why this run cannot take perturbation groups (the refusal for an explicit G > 1), or None if it can.
+    def why_one_perturbation(self, option: str = "perturb_groups") -> str | None:
+        """Why this run cannot take perturbation groups (the refusal of `option` above 1), or None if it can.
 
         Groups run their SAM steps without a gradient scaler, without the cosine's extra backward, and in one
         process (under torchrun each rank already takes its own perturbation with --sam-sync false). The
@@ -338,13 +336,13 @@ class TrainConfig:
         from casam.distributed import launched_world_size
 
         if self.precision == "fp16" or self.log_cosine:
-            return "perturb_groups above 1 runs without a gradient scaler and without log_cosine: use precision fp32 or bf16, log_cosine false"
+            return f"{option} above 1 runs without a gradient scaler and without log_cosine: use precision fp32 or bf16, log_cosine false"
         try:
             processes = launched_world_size()
         except ValueError as error:  # a WORLD_SIZE that is not a number
             raise ConfigError(str(error)) from None
         if processes > 1:
-            return "perturb_groups above 1 runs in one process; under torchrun use --sam-sync false for a perturbation per rank"
+            return f"{option} above 1 runs in one process; under torchrun use --sam-sync false for a perturbation per rank"
         return None
 
     def loss_preset(self) -> str:

@@ -174,14 +174,10 @@ class CASAM(SAM):
             if isinstance(perturb_cutoff, bool) or not isinstance(perturb_cutoff, numbers.Real) or not 0 < perturb_cutoff <= 1:
                 raise ValueError(f"perturb_cutoff must be a number in (0, 1] or None, got {perturb_cutoff!r}")
         _check_count("heavy_warmup_epochs", heavy_warmup_epochs)
-        if heavy_warmup_epochs and perturb_cutoff is None:
-            raise ValueError("heavy_warmup_epochs needs perturb_cutoff: the warm-up is extended when the noise estimate is above it")
         _check_count("history_from_epoch", history_from_epoch)
         if heavy_criterion is not None:
             if heavy_criterion not in CRITERIA:
                 raise ValueError(f"heavy_criterion must be None or one of {', '.join(CRITERIA)}, got {heavy_criterion!r}")
-            if perturb_cutoff is None:
-                raise ValueError("heavy_criterion needs perturb_cutoff: the criterion changes when the noise estimate is above it")
             try:
                 check_usable_criterion(heavy_criterion, slow_beta=history.slow_beta)
             except ValueError as error:
@@ -189,8 +185,10 @@ class CASAM(SAM):
         if heavy_groups is not None:
             if isinstance(heavy_groups, bool) or not isinstance(heavy_groups, numbers.Integral) or heavy_groups < 1:
                 raise ValueError(f"heavy_groups must be None or an integer >= 1, got {heavy_groups!r}")
-            if perturb_cutoff is None:
-                raise ValueError("heavy_groups needs perturb_cutoff: the groups change when the noise estimate is above it")
+        if perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
+            for name, value in (("heavy_warmup_epochs", heavy_warmup_epochs), ("heavy_criterion", heavy_criterion), ("heavy_groups", heavy_groups)):
+                if value:
+                    raise ValueError(f"{name} needs perturb_cutoff: it acts when the noise estimate is above it")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
