@@ -591,3 +591,28 @@ def test_round_30s_default_on_the_30_epoch_tables_seeds(paired):
     assert [round(row["d"], 2) for row in result["rows"]] == [25.48, 29.16, 9.69]
     groups = paired.compare(runs, "casam+ce@heavy-small-loss", "casam+ce@heavy-one-perturbation", pairs=["symmetric-0.8:0-2"], guard=None, score="test")
     assert [round(row["d"], 2) for row in groups["rows"]] == [-3.65, 54.45, 32.99]
+
+
+def test_reproduces_round_31_with_elr_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 31 and finding 35: with ELR's loss at symmetric 80 % the small-loss split under
+    heavy noise is not adopted (mean held-out d under 2 SE, seed 100 more than 0.5 behind); its split's precision
+    peaks mid-run and falls by more than 15 points to the last epoch on every seed, where agreement's falls
+    less than 4 points on four seeds of five."""
+    runs = ROOT / "docs" / "casam-heavy-criterion-losses" / "runs"
+    result = paired.compare(runs, "casam+elr@switch", "casam+elr@heavy-small-loss", pairs=["symmetric-0.8:100-104"],
+                            guard=None, default_runs=ROOT / "docs" / "casam-tuning" / "runs")
+    assert result["n"] == 5 and result["verdict"] == "keep"
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.63, 1.33, 1.19)
+    assert min(row["d"] for row in result["rows"]) == pytest.approx(-0.82, abs=0.005)
+
+    def precision_fall(method_dir: Path) -> list[float]:
+        falls = []
+        for metrics in sorted(method_dir.glob("seed*/metrics.jsonl")):
+            precision = [epoch["sel_precision"] for epoch in read_metrics(metrics)][2:]  # the split's epochs
+            falls.append(100 * (max(precision) - precision[-1]))
+        assert len(falls) == 5
+        return falls
+
+    assert min(precision_fall(runs / "symmetric-0.8" / "casam+elr@heavy-small-loss")) > 15
+    agreement = precision_fall(ROOT / "docs" / "casam-tuning" / "runs" / "symmetric-0.8" / "casam+elr@switch")
+    assert sorted(agreement)[3] < 4
