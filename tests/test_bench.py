@@ -372,7 +372,8 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
      ("baselines-tuning.yaml", "baselines-tuning"), ("casam-40epochs.yaml", "casam-40epochs"), ("casam-30epochs.yaml", "casam-30epochs"),
      ("casam-40epochs-losses.yaml", "casam-40epochs-losses"), ("table-30epochs.yaml", "table-30epochs"),
      ("casam-heavy-warmup.yaml", "casam-heavy-warmup"), ("casam-history-from.yaml", "casam-history-from"),
-     ("casam-heavy-criterion.yaml", "casam-heavy-criterion"), ("casam-heavy-groups.yaml", "casam-heavy-groups")],
+     ("casam-heavy-criterion.yaml", "casam-heavy-criterion"), ("casam-heavy-groups.yaml", "casam-heavy-groups"),
+     ("casam-heavy-criterion-losses.yaml", "casam-heavy-criterion-losses")],
 )
 def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as

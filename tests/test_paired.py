@@ -616,3 +616,24 @@ def test_reproduces_round_31_with_elr_from_the_committed_runs(paired):
     assert min(precision_fall(runs / "symmetric-0.8" / "casam+elr@heavy-small-loss")) > 15
     agreement = precision_fall(ROOT / "docs" / "casam-tuning" / "runs" / "symmetric-0.8" / "casam+elr@switch")
     assert sorted(agreement)[3] < 4
+
+
+def test_reproduces_round_31_with_sce_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 31: with SCE's loss at symmetric 80 % the small-loss split under heavy noise is
+    level with agreement (every |d| under 0.3, mean under 2 SE), so CA-SAM+SCE keeps agreement."""
+    result = paired.compare(ROOT / "docs" / "casam-heavy-criterion-losses" / "runs", "casam+sce", "casam+sce@heavy-small-loss",
+                            pairs=["symmetric-0.8:100-104"], guard=None)
+    assert result["n"] == 5 and result["verdict"] == "keep"
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (-0.1, 0.15, 0.13)
+    assert max(abs(row["d"]) for row in result["rows"]) < 0.3
+
+
+def test_a_bench_run_repeats_on_the_same_configuration():
+    """docs/casam-split.md, round 31: CA-SAM+SCE's seed-100 run at symmetric 80 %, run again with the same resolved
+    configuration many commits later (round 16's run and round 31's), gives the same figures at every epoch (only timings differ)."""
+    timings = {"epoch_time_s", "samples_per_s", "data_fraction"}
+    first = read_metrics(ROOT / "docs" / "casam-tuning" / "runs" / "symmetric-0.8" / "casam+sce@switch" / "seed100" / "metrics.jsonl")
+    again = read_metrics(ROOT / "docs" / "casam-heavy-criterion-losses" / "runs" / "symmetric-0.8" / "casam+sce" / "seed100" / "metrics.jsonl")
+    assert len(first) == len(again) == 20
+    assert [{k: v for k, v in row.items() if k not in timings} for row in first] == \
+        [{k: v for k, v in row.items() if k not in timings} for row in again]
