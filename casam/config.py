@@ -60,12 +60,18 @@ LONG_RUN = 30
 GROUPS_IN_LONG_RUNS = {"*": 8, "elr": 1, "sce": 1}
 # Round 29 (docs/casam-split.md): under heavy noise (the estimate after the warm-up above perturb_cutoff)
 # agreement's first split leaves whole classes out and the network learns only the classes it already
-# names; small-loss keeps the same share of every given class. Measured with cross-entropy only.
-HEAVY_CRITERION_BY_LOSS = {"*": None, "ce": "small-loss"}
+# names; small-loss keeps the same share of every given class. Round 31: with SCE's loss level (agreement
+# stays); with ELR's level at lambda 1 (its split decays late) and ahead with lambda 0.5 under heavy noise
+# (HEAVY_NOISY_WEIGHT_BY_LOSS), so ELR takes both. Other losses not measured.
+HEAVY_CRITERION_BY_LOSS = {"*": None, "ce": "small-loss", "elr": "small-loss"}
 # Round 30 (docs/casam-split.md): under heavy noise a perturbation per group rests on about 2 likely-clean
 # samples of its 16 and slows the network (with the small-loss split, 30 epochs at symmetric 80 %); one
 # perturbation per batch was ahead on every tuning seed. For runs that take groups; cross-entropy only.
 HEAVY_GROUPS_BY_LOSS = {"*": None, "ce": 1}
+# Round 31 (docs/casam-split.md): with ELR's loss (lambda 1) the small-loss split's precision falls 18-29
+# points over the second half of a run at symmetric 80 %; with lambda 0.5 under heavy noise the pair was
+# ahead of ELR's defaults on every tuning seed. Cross-entropy's lambda is 0.5 already; SCE not measured.
+HEAVY_NOISY_WEIGHT_BY_LOSS = {"*": None, "elr": 0.5}
 
 
 def by_loss(table: dict[str, Any], loss: str) -> Any:
@@ -84,6 +90,7 @@ _USED_BY = {
     "history_from": ("optimizer", ("casam",)),
     "heavy_criterion": ("optimizer", ("casam",)),
     "heavy_groups": ("optimizer", ("casam",)),
+    "heavy_noisy_weight": ("optimizer", ("casam",)),
     "criterion": ("optimizer", ("casam",)),
     "history_beta": ("optimizer", ("casam",)),
     "history_debias": ("optimizer", ("casam",)),
@@ -154,6 +161,7 @@ class TrainConfig:
     history_beta: float = 0.9
     history_slow_beta: float | None = None  # a second, slower memory that must also agree (agreement only; docs/casam-split.md round 18)
     noisy_weight: float | None = None  # lambda: the likely-noisy samples' weight in the update (1: the paper's); None: by loss, see NOISY_WEIGHT
+    heavy_noisy_weight: float | str | None = "auto"  # lambda once the noise estimate after the warm-up is above perturb_cutoff; none: noisy_weight throughout; auto: HEAVY_NOISY_WEIGHT_BY_LOSS (round 31)
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
     perturb_weight: float = 0.5  # mu: the other side's weight in the perturbation (0: the paper's perturbation, 1: SAM's direction)
@@ -267,10 +275,15 @@ class TrainConfig:
                 raise ConfigError(f"heavy_groups must be auto, none or at least 1; got {self.heavy_groups!r}")
             if self.heavy_groups > 1 and (reason := self.why_one_perturbation("heavy_groups")):
                 raise ConfigError(reason)
+        if self.heavy_noisy_weight == "auto":  # the saved config records the value used
+            self.heavy_noisy_weight = self.default_heavy_noisy_weight()
+        if self.heavy_noisy_weight is not None and (isinstance(self.heavy_noisy_weight, str) or not 0 <= self.heavy_noisy_weight <= 1):
+            raise ConfigError(f"heavy_noisy_weight (lambda under heavy noise) must be auto, none or in [0, 1]; got {self.heavy_noisy_weight!r}")
         if self.perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
-            for name in ("heavy_warmup", "heavy_criterion", "heavy_groups"):
-                if getattr(self, name):
-                    raise ConfigError(f"{name} applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
+            given = {"heavy_warmup": self.heavy_warmup > 0, "heavy_criterion": self.heavy_criterion is not None,
+                     "heavy_groups": self.heavy_groups is not None, "heavy_noisy_weight": self.heavy_noisy_weight is not None}
+            for name in (name for name, is_given in given.items() if is_given):
+                raise ConfigError(f"{name} applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
         if self.perturb_from == "confidence" and self.perturb_weight:
             raise ConfigError("perturb_from confidence weighs every sample itself and takes no perturb_weight (mu): add --perturb-weight 0")
         if self.noisy_weight is None:  # the one default that depends on another option; the saved config records it
@@ -325,6 +338,11 @@ class TrainConfig:
         switch (perturb_cutoff) that takes perturbation groups (else there is nothing to replace)."""
         grouped = self.optimizer == "casam" and self.perturb_cutoff is not None and self.perturb_groups > 1
         return by_loss(HEAVY_GROUPS_BY_LOSS, self.loss) if grouped else None
+
+    def default_heavy_noisy_weight(self) -> float | None:
+        """CA-SAM's lambda under heavy noise when none is given: HEAVY_NOISY_WEIGHT_BY_LOSS, for a run with the noise switch (perturb_cutoff)."""
+        switchable = self.optimizer == "casam" and self.perturb_cutoff is not None
+        return by_loss(HEAVY_NOISY_WEIGHT_BY_LOSS, self.loss) if switchable else None
 
     def why_one_perturbation(self, option: str = "perturb_groups") -> str | None:
         """Why this run cannot take perturbation groups (the refusal of `option` above 1), or None if it can.
@@ -473,7 +491,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Options a run's config.yaml may lack because the run was saved before they existed, with the value
 # such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
 # of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
-BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None}
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None, "heavy_noisy_weight": None}
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

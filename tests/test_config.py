@@ -54,6 +54,9 @@ def test_saved_config_round_trips(tmp_path):
         ({"heavy_groups": "many"}, "heavy_groups must be auto, none or at least 1; got 'many'"),
         ({"heavy_groups": "1", "perturb_cutoff": "none"}, "heavy_groups applies when the noise estimate is above perturb_cutoff"),
         ({"heavy_groups": "4", "log_cosine": "true"}, "heavy_groups above 1 runs without a gradient scaler"),
+        ({"heavy_noisy_weight": "1.5"}, "heavy_noisy_weight .lambda under heavy noise. must be auto, none or in .0, 1.; got 1.5"),
+        ({"heavy_noisy_weight": "half"}, "heavy_noisy_weight .* got 'half'"),
+        ({"heavy_noisy_weight": "0", "perturb_cutoff": "none"}, "heavy_noisy_weight applies when the noise estimate is above perturb_cutoff"),
         ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
         ({"loss": "elr", "elr_beta": "1"}, "elr_beta must be in"),
         ({"loss": "sce", "sce_alpha": "-1"}, "sce_alpha must be"),
@@ -117,12 +120,13 @@ def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path
 
 
 def test_casam_heavy_criterion_default_depends_on_the_loss_and_the_switch_and_is_saved_resolved(tmp_path):
-    """Round 29: with cross-entropy the split's criterion under heavy noise is small-loss; other losses (not
-    measured), a run without the noise switch or with the two-speed memory (agreement's) keep their criterion."""
+    """Round 29: with cross-entropy the split's criterion under heavy noise is small-loss (round 31: with ELR too);
+    SCE, other losses (not measured), a run without the noise switch or with the two-speed memory (agreement's) keep their criterion."""
     casam = {"optimizer": "casam"}
     assert resolve(overrides={**casam, "loss": "ce"}).heavy_criterion == "small-loss"
-    assert resolve(overrides={**casam, "loss": "elr"}).heavy_criterion is None
-    assert resolve(overrides={**casam, "loss": "sce"}).heavy_criterion is None
+    assert resolve(overrides={**casam, "loss": "elr"}).heavy_criterion == "small-loss"  # round 31, with lambda 0.5
+    assert resolve(overrides={**casam, "loss": "sce"}).heavy_criterion is None  # round 31: level
+    assert resolve(overrides={**casam, "loss": "gce"}).heavy_criterion is None  # not measured
     assert resolve(overrides={**casam, "perturb_cutoff": "none"}).heavy_criterion is None
     assert resolve(overrides={**casam, "history_slow_beta": "0.97"}).heavy_criterion is None
     assert resolve(overrides={"optimizer": "sgd"}).heavy_criterion is None
@@ -131,6 +135,24 @@ def test_casam_heavy_criterion_default_depends_on_the_loss_and_the_switch_and_is
     save_yaml(resolve(overrides=casam), tmp_path / "config.yaml")
     assert "heavy_criterion: small-loss" in (tmp_path / "config.yaml").read_text()
     assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_criterion == "small-loss"
+
+
+def test_casam_heavy_noisy_weight_default_is_half_with_elr(tmp_path):
+    """Round 31: with ELR's loss (lambda 1) a run with the noise switch takes lambda 0.5 and the small-loss split
+    under heavy noise; SCE (measured: level) and other losses (not measured) keep theirs, as does a run
+    without the switch. Saved resolved."""
+    elr = {"optimizer": "casam", "loss": "elr"}
+    config = resolve(overrides=elr)
+    assert (config.noisy_weight, config.heavy_noisy_weight, config.heavy_criterion) == (1.0, 0.5, "small-loss")
+    assert resolve(overrides={**elr, "loss": "ce"}).heavy_noisy_weight is None
+    assert resolve(overrides={**elr, "loss": "sce"}).heavy_noisy_weight is None
+    assert resolve(overrides={**elr, "perturb_cutoff": "none"}).heavy_noisy_weight is None
+    assert resolve(overrides={"optimizer": "sam", "loss": "elr"}).heavy_noisy_weight is None
+    assert resolve(overrides={**elr, "heavy_noisy_weight": "none"}).heavy_noisy_weight is None  # given values stay
+    assert resolve(overrides={**elr, "heavy_noisy_weight": "0"}).heavy_noisy_weight == 0.0
+    save_yaml(config, tmp_path / "config.yaml")
+    assert "heavy_noisy_weight: 0.5" in (tmp_path / "config.yaml").read_text()
+    assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_noisy_weight == 0.5
 
 
 def test_casam_heavy_groups_default_is_one_perturbation_in_grouped_runs_with_cross_entropy(tmp_path):

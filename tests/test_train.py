@@ -261,6 +261,24 @@ def test_heavy_groups_take_over_the_groups_only_under_heavy_noise(tmp_path, caps
     assert "heavy_groups: 1" in (tmp_path / "switched" / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
+def test_heavy_noisy_weight_takes_over_lambda_only_under_heavy_noise(tmp_path, capsys, noise, heavy):
+    """--heavy-noisy-weight 0.25 (casam train takes 0.5 with ELR since round 31): under heavy noise the run is the
+    --noisy-weight 0.25 run metric for metric (lambda weighs nothing in the warm-up, and the switch is read before
+    the first split) and not lambda 0.5's; under moderate noise it is the run without the option. The summary's
+    heavy-noise line names the lambda the run took."""
+    capsys.readouterr()
+    switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-noisy-weight", "0.25")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  heavy noise")]
+    assert (switched[2]["noise_estimate"] > 0.6667) is heavy
+    assert said == ([f"  heavy noise     estimated {100 * switched[2]['noise_estimate']:.1f} % after the warm-up (cutoff 66.7 %): "
+                     "mu 0, the small-loss split, lambda 0.25"] if heavy else [])
+    quarter = digits_casam_run(tmp_path / "quarter", noise, 4, "--noisy-weight", "0.25")
+    half = digits_casam_run(tmp_path / "half", noise, 4, "--heavy-noisy-weight", "none")
+    assert (switched == quarter) is heavy and (switched == half) is not heavy
+    assert "heavy_noisy_weight: 0.25" in (tmp_path / "switched" / "config.yaml").read_text()
+
+
 def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):
     """--history-from 1: the warm-up trains as without it (epochs 0-1 metric for metric); the noise
     estimate read after it and the split from epoch 2 on come from the second epoch's outputs alone, so

@@ -11,7 +11,8 @@ Per batch B (indices I, given labels y), with `history` a `casam.history.SampleH
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
        (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise)
-    4. g   = grad (1/|B|) sum_{i in B} a_i l_i(w + e),   a_i = 1 if i in C else lambda (`noisy_weight`)
+    4. g   = grad (1/|B|) sum_{i in B} a_i l_i(w + e),   a_i = 1 if i in C else lambda (`noisy_weight`;
+       `heavy_noisy_weight` under heavy noise, if set)
        noisy_target="history": the loss of a sample outside C is taken against its historical prediction
        argmax h_i instead of its given label (ask `targets(y)` for the labels of the second pass)
     5. w  <- base_step(w, g)    (w restored exactly first)
@@ -126,6 +127,12 @@ class CASAM(SAM):
             holds about 2 likely-clean samples, which its perturbation rests on. Measured there in 30
             epochs with the small-loss split (docs/casam-split.md, round 30): one perturbation per batch
             ahead on every tuning seed; `casam train` takes 1 with cross-entropy, the class None.
+        heavy_noisy_weight: with perturb_cutoff, lambda from the first split on once the estimate read
+            after the warm-up is above the cutoff (None: `noisy_weight` throughout). With ELR's loss
+            (lambda 1) the small-loss split decays in the second half of a run at symmetric 80 %; with
+            both sides at full weight in the update the likely-clean side gains no lead in loss over the
+            other. Measured there (docs/casam-split.md, round 31): small-loss with lambda 0.5 ahead of
+            ELR's defaults; `casam train` takes it with ELR, the class None.
     """
 
     _WRAPPER = "CASAM"
@@ -153,12 +160,16 @@ class CASAM(SAM):
         history_from_epoch: int = 0,
         heavy_criterion: str | None = None,
         heavy_groups: int | None = None,
+        heavy_noisy_weight: float | None = None,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
             raise TypeError(f"history must be a casam.history.SampleHistory, got {type(history).__name__}")
-        if isinstance(noisy_weight, bool) or not isinstance(noisy_weight, numbers.Real) or not math.isfinite(noisy_weight) or noisy_weight < 0:
-            raise ValueError(f"noisy_weight (lambda) must be a finite number >= 0, got {noisy_weight!r}")
+        for name, value in (("noisy_weight", noisy_weight), ("heavy_noisy_weight", heavy_noisy_weight)):
+            if value is None and name == "heavy_noisy_weight":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} (lambda) must be a finite number >= 0, got {value!r}")
         _check_count("min_clean", min_clean)
         if noisy_target not in NOISY_TARGETS:
             raise ValueError(f"noisy_target must be one of {', '.join(NOISY_TARGETS)}, got {noisy_target!r}")
@@ -186,8 +197,9 @@ class CASAM(SAM):
             if isinstance(heavy_groups, bool) or not isinstance(heavy_groups, numbers.Integral) or heavy_groups < 1:
                 raise ValueError(f"heavy_groups must be None or an integer >= 1, got {heavy_groups!r}")
         if perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
-            for name, value in (("heavy_warmup_epochs", heavy_warmup_epochs), ("heavy_criterion", heavy_criterion), ("heavy_groups", heavy_groups)):
-                if value:
+            for name, given in (("heavy_warmup_epochs", heavy_warmup_epochs > 0), ("heavy_criterion", heavy_criterion is not None),
+                                ("heavy_groups", heavy_groups is not None), ("heavy_noisy_weight", heavy_noisy_weight is not None)):
+                if given:
                     raise ValueError(f"{name} needs perturb_cutoff: it acts when the noise estimate is above it")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
@@ -211,6 +223,7 @@ class CASAM(SAM):
         self.history_from_epoch = int(history_from_epoch)
         self.heavy_criterion = heavy_criterion
         self.heavy_groups = None if heavy_groups is None else int(heavy_groups)
+        self.heavy_noisy_weight = None if heavy_noisy_weight is None else float(heavy_noisy_weight)
         self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -250,6 +263,11 @@ class CASAM(SAM):
     def in_warmup(self) -> bool:
         """The first `warmup_epochs` epochs, and under heavy noise those up to `heavy_warmup_epochs`."""
         return self.epoch < self.warmup_epochs or (self.epoch < self.heavy_warmup_epochs and self.heavy_noise)
+
+    @property
+    def current_noisy_weight(self) -> float:
+        """lambda as it applies now: `heavy_noisy_weight` once perturb_cutoff's switch has found heavy noise (if set), else noisy_weight."""
+        return self.heavy_noisy_weight if self.heavy_noisy_weight is not None and self.heavy_noise else self.noisy_weight
 
     @property
     def current_perturb_weight(self) -> float:
@@ -513,7 +531,7 @@ class CASAM(SAM):
 
     def _weighted_mean(self, losses: Tensor, clean: Tensor) -> Tensor:
         """(1/|B|) sum_i a_i l_i, a_i = 1 (clean) or lambda (noisy); lambda = 0 ignores even non-finite noisy losses."""
-        lam = self.noisy_weight
+        lam = self.current_noisy_weight
         noisy = losses * lam if lam != 0 else torch.zeros_like(losses)
         return torch.where(clean, losses, noisy).sum() / losses.shape[0]
 

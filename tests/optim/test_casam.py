@@ -644,6 +644,38 @@ def test_heavy_groups_bad_input(tiny):
             make(tiny.model(), history, perturb_cutoff=0.5, heavy_groups=bad)
 
 
+@pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
+def test_heavy_noisy_weight_replaces_lambda_only_above_the_cutoff(tiny, cutoff, heavy):
+    """heavy_noisy_weight 0.25 with lambda 1 after a 1-epoch warm-up: above the cutoff (estimate 5/12) the step
+    after the warm-up is the step of an optimizer with lambda 0.25 (same weights after it), below it lambda 1's.
+    A resumed optimizer reads the same lambda (the estimate is saved)."""
+    def stepped(**options):
+        model = tiny.model()
+        opt = make(model, believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, **options)
+        opt.set_epoch(1)
+        casam_step(opt, tiny, model)
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    opt, weights = stepped(noisy_weight=1.0, heavy_noisy_weight=0.25)
+    assert opt.heavy_noise == heavy and opt.current_noisy_weight == (0.25 if heavy else 1.0)
+    _, expected = stepped(noisy_weight=0.25 if heavy else 1.0)
+    _, other = stepped(noisy_weight=1.0 if heavy else 0.25)
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected))
+    assert not all(torch.equal(a, b) for a, b in zip(weights, other))
+    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), perturb_cutoff=cutoff, warmup_epochs=1, noisy_weight=1.0, heavy_noisy_weight=0.25)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.current_noisy_weight == opt.current_noisy_weight
+
+
+def test_heavy_noisy_weight_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    with pytest.raises(ValueError, match="heavy_noisy_weight needs perturb_cutoff"):
+        make(tiny.model(), history, heavy_noisy_weight=0.0)  # 0 is a lambda, not "off"
+    for bad in (-0.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"heavy_noisy_weight \(lambda\) must be a finite number >= 0"):
+            make(tiny.model(), history, perturb_cutoff=0.5, heavy_noisy_weight=bad)
+
+
 def test_perturb_cutoff_bad_input(tiny):
     history, _ = believed_history(tiny)
     for bad in (0, 1.5, True, "0.5"):
