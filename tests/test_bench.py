@@ -319,15 +319,16 @@ def test_method_names_and_only_patterns(tmp_path):
 def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     grid = load_grid(GRID)
     runs = expand_grid(grid, out=tmp_path)
-    assert len(runs) == 6 * 16 * 3
+    assert len(runs) == 6 * 17 * 3
     assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
     assert [m for m in grid.methods if "@" not in m] == [
         "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr", "casam+sce",
     ]
     # and the paper's CA-SAM (the defaults before round 9) and round 9's beside CA-SAM's and CA-SAM+ELR's defaults
-    # and round 29's heavy criterion, casam train's default since, beside the rows made before it
+    # and round 29's heavy criterion (round 31's with lambda 0.5 for ELR), casam train's defaults since, beside the rows made before them
     assert [m for m in grid.methods if "@" in m] == [
-        "casam+ce@heavy-small-loss", "casam+ce@mu0", "casam+ce@lambda1", "casam+elr@mu0", "casam+elr@lambda0.5", "sgd+sce@alpha0.1",
+        "casam+ce@heavy-small-loss", "casam+ce@mu0", "casam+ce@lambda1", "casam+elr@heavy-small-loss-lambda0.5", "casam+elr@mu0",
+        "casam+elr@lambda0.5", "sgd+sce@alpha0.1",
     ]
     for run in runs:  # the same budget for every method
         c = run.config
@@ -340,11 +341,12 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
             default = (0.5, 0.6667, 1.0 if c.loss in ("elr", "sce") else 0.5)
             expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0), "lambda0.5": (0.5, 0.6667, 0.5)}.get(run.method.partition("@")[2], default)
             assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
-            assert c.heavy_criterion == ("small-loss" if run.method == "casam+ce@heavy-small-loss" else None)
+            assert c.heavy_criterion == ("small-loss" if "@heavy-small-loss" in run.method else None)
+            assert c.heavy_noisy_weight == (0.5 if run.method == "casam+elr@heavy-small-loss-lambda0.5" else None)
         if c.loss == "sce":  # SCE's alpha as the baselines' tuning round 3 chose it; @alpha0.1 the published value
             assert c.sce_alpha == (None if run.method == "sgd+sce@alpha0.1" else 0.01)
     quick = expand_grid(grid, out=tmp_path, quick=True)
-    assert len(quick) == 6 * 16 and {r.seed for r in quick} == {0}
+    assert len(quick) == 6 * 17 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
 
 

@@ -279,6 +279,17 @@ def test_heavy_noisy_weight_takes_over_lambda_only_under_heavy_noise(tmp_path, c
     assert "heavy_noisy_weight: 0.25" in (tmp_path / "switched" / "config.yaml").read_text()
 
 
+def test_elr_defaults_under_heavy_noise_are_the_run_round_31_measured(tmp_path):
+    """Round 31: CA-SAM+ELR's defaults at symmetric 80 % train as the measured candidate (the small-loss split
+    and lambda 0.5 from the start: lambda weighs nothing in the warm-up), metric for metric, and not as before."""
+    defaults = digits_casam_run(tmp_path / "defaults", "symmetric:0.8", 4, "--loss", "elr")
+    assert defaults[2]["noise_estimate"] > 0.6667
+    measured = digits_casam_run(tmp_path / "measured", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "small-loss",
+                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none")
+    before = digits_casam_run(tmp_path / "before", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "none", "--heavy-noisy-weight", "none")
+    assert defaults == measured and defaults != before
+
+
 def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):
     """--history-from 1: the warm-up trains as without it (epochs 0-1 metric for metric); the noise
     estimate read after it and the split from epoch 2 on come from the second epoch's outputs alone, so
