@@ -327,22 +327,26 @@ class TrainConfig:
         can_group = long_casam_run and self.why_one_perturbation() is None
         return by_loss(GROUPS_IN_LONG_RUNS, self.loss) if can_group else 1
 
+    @property
+    def noise_switch(self) -> bool:
+        """A CA-SAM run that reads the noise estimate after the warm-up (perturb_cutoff), which the heavy-noise options act on."""
+        return self.optimizer == "casam" and self.perturb_cutoff is not None
+
     def default_heavy_criterion(self) -> str | None:
         """CA-SAM's heavy-noise criterion when none is given: HEAVY_CRITERION_BY_LOSS, for a run with the noise
-        switch (perturb_cutoff) and a criterion that may change (no two-speed memory, which is agreement's)."""
-        switchable = self.optimizer == "casam" and self.perturb_cutoff is not None and self.history_slow_beta is None
+        switch and a criterion that may change (no two-speed memory, which is agreement's)."""
+        switchable = self.noise_switch and self.history_slow_beta is None
         return by_loss(HEAVY_CRITERION_BY_LOSS, self.loss) if switchable else None
 
     def default_heavy_groups(self) -> int | None:
         """CA-SAM's heavy-noise groups when none are given: HEAVY_GROUPS_BY_LOSS, for a run with the noise
-        switch (perturb_cutoff) that takes perturbation groups (else there is nothing to replace)."""
-        grouped = self.optimizer == "casam" and self.perturb_cutoff is not None and self.perturb_groups > 1
+        switch that takes perturbation groups (else there is nothing to replace)."""
+        grouped = self.noise_switch and self.perturb_groups > 1
         return by_loss(HEAVY_GROUPS_BY_LOSS, self.loss) if grouped else None
 
     def default_heavy_noisy_weight(self) -> float | None:
-        """CA-SAM's lambda under heavy noise when none is given: HEAVY_NOISY_WEIGHT_BY_LOSS, for a run with the noise switch (perturb_cutoff)."""
-        switchable = self.optimizer == "casam" and self.perturb_cutoff is not None
-        return by_loss(HEAVY_NOISY_WEIGHT_BY_LOSS, self.loss) if switchable else None
+        """CA-SAM's lambda under heavy noise when none is given: HEAVY_NOISY_WEIGHT_BY_LOSS, for a run with the noise switch."""
+        return by_loss(HEAVY_NOISY_WEIGHT_BY_LOSS, self.loss) if self.noise_switch else None
 
     def why_one_perturbation(self, option: str = "perturb_groups") -> str | None:
         """Why this run cannot take perturbation groups (the refusal of `option` above 1), or None if it can.
