@@ -637,3 +637,26 @@ def test_a_bench_run_repeats_on_the_same_configuration():
     assert len(first) == len(again) == 20
     assert [{k: v for k, v in row.items() if k not in timings} for row in first] == \
         [{k: v for k, v in row.items() if k not in timings} for row in again]
+
+
+def test_reproduces_round_31s_adopted_pair_for_elr_from_the_committed_runs(paired):
+    """docs/casam-split.md, round 31 and finding 36: with ELR's loss at symmetric 80 %, the small-loss split with lambda
+    0.5 is adopted over ELR's defaults (mean held-out d over 2 SE, every seed ahead, the two seeds run after the rule
+    too), and is ahead of agreement with lambda 0.5 on every seed."""
+    runs, tuning = ROOT / "docs" / "casam-heavy-criterion-losses" / "runs", ROOT / "docs" / "casam-tuning" / "runs"
+    pair = "casam+elr@heavy-small-loss-lambda0.5"
+    result = paired.compare(runs, "casam+elr@switch", pair, pairs=["symmetric-0.8:100-104"], guard=None, default_runs=tuning)
+    assert result["n"] == 5 and result["verdict"] == "adopt" and result["every_d_positive"]
+    assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (1.73, 0.83, 0.74)
+    lambda_alone = paired.compare(runs, "casam+elr@switch-lambda0.5", pair, pairs=["symmetric-0.8:100-104"], guard=None, default_runs=tuning)
+    assert lambda_alone["every_d_positive"] and round(lambda_alone["mean_d"], 2) == 1.19
+
+
+def test_round_31s_elr_default_on_the_tables_seeds(paired):
+    """docs/casam-split.md, round 31 and the README: on the 20-epoch table's seeds at symmetric 80 % CA-SAM+ELR's new
+    default is ahead of the old one and of ELR on every seed, and behind SCE on the mean."""
+    runs = ROOT / "docs" / "benchmarks" / "runs"
+    pair = "casam+elr@heavy-small-loss-lambda0.5"
+    d = {default: [round(row["d"], 2) for row in paired.compare(runs, default, pair, pairs=["symmetric-0.8:0-2"], guard=None, score="test")["rows"]]
+         for default in ("casam+elr", "sgd+elr", "sgd+sce")}
+    assert d == {"casam+elr": [22.87, 18.77, 8.15], "sgd+elr": [10.24, 12.72, 3.11], "sgd+sce": [-12.91, 1.56, -5.12]}
