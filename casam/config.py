@@ -94,6 +94,7 @@ _USED_BY = {
     "criterion": ("optimizer", ("casam",)),
     "history_beta": ("optimizer", ("casam",)),
     "history_debias": ("optimizer", ("casam",)),
+    "history_loss": ("optimizer", ("casam",)),
     "history_slow_beta": ("optimizer", ("casam",)),
     "noisy_weight": ("optimizer", ("casam",)),
     "noisy_target": ("optimizer", ("casam",)),
@@ -170,6 +171,7 @@ class TrainConfig:
     perturb_groups: int | None = None  # G > 1: a perturbation per group of the batch, each with its share of clean samples (round 19); None: see LONG_RUN
     heavy_groups: int | str | None = "auto"  # the perturbation groups once the noise estimate after the warm-up is above perturb_cutoff; none: perturb_groups throughout; auto: HEAVY_GROUPS_BY_LOSS (round 30)
     history_debias: bool = True  # bias-corrected EMA (False: the first visit initialises it)
+    history_loss: str = "cross-entropy"  # the loss the history records for small-loss and gmm: cross-entropy on the given label | training (the loss the network trains on; before round 32)
     log_cosine: bool = False  # log cos(clean-subset gradient, full-batch gradient) per step (one extra backward)
     min_clean: int = 8
     # Co-teaching
@@ -193,7 +195,7 @@ class TrainConfig:
         from casam.losses import LOSSES
         from casam.models import MODELS
         from casam.noise import parse_noise
-        from casam.optim.casam import NOISY_TARGETS, PERTURB_FROM
+        from casam.optim.casam import HISTORY_LOSSES, NOISY_TARGETS, PERTURB_FROM
 
         for name, allowed in (
             ("dataset", DATASETS),
@@ -208,6 +210,7 @@ class TrainConfig:
             ("precision", PRECISIONS),
             ("noisy_target", NOISY_TARGETS),
             ("perturb_from", PERTURB_FROM),
+            ("history_loss", HISTORY_LOSSES),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -495,7 +498,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Options a run's config.yaml may lack because the run was saved before they existed, with the value
 # such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
 # of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
-BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None, "heavy_noisy_weight": None}
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None, "heavy_noisy_weight": None, "history_loss": "training"}
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

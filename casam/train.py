@@ -143,7 +143,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
         warmup_rho=config.warmup_rho, perturb_from=config.perturb_from,
         perturb_weight=config.perturb_weight, perturb_balance=config.perturb_balance, perturb_cutoff=config.perturb_cutoff,
         warmup_epochs=config.warmup, heavy_warmup_epochs=config.heavy_warmup, history_from_epoch=config.history_from, heavy_criterion=config.heavy_criterion,
-        heavy_groups=config.heavy_groups, heavy_noisy_weight=config.heavy_noisy_weight,
+        heavy_groups=config.heavy_groups, heavy_noisy_weight=config.heavy_noisy_weight, history_loss=config.history_loss,
         min_clean=config.min_clean, measure_cosine=config.log_cosine, **kwargs,
     )
 

@@ -319,15 +319,16 @@ def test_method_names_and_only_patterns(tmp_path):
 def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     grid = load_grid(GRID)
     runs = expand_grid(grid, out=tmp_path)
-    assert len(runs) == 6 * 17 * 3
+    assert len(runs) == 6 * 18 * 3
     assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
     assert [m for m in grid.methods if "@" not in m] == [
         "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr", "casam+sce",
     ]
     # and the paper's CA-SAM (the defaults before round 9) and round 9's beside CA-SAM's and CA-SAM+ELR's defaults
-    # and round 29's heavy criterion (round 31's with lambda 0.5 for ELR), casam train's defaults since, beside the rows made before them
+    # and round 29's heavy criterion (round 31's with lambda 0.5 for ELR, round 32's with the history's cross-entropy),
+    # casam train's defaults since, beside the rows made before them
     assert [m for m in grid.methods if "@" in m] == [
-        "casam+ce@heavy-small-loss", "casam+ce@mu0", "casam+ce@lambda1", "casam+elr@heavy-small-loss-lambda0.5", "casam+elr@mu0",
+        "casam+ce@heavy-small-loss", "casam+ce@mu0", "casam+ce@lambda1", "casam+elr@heavy-small-loss-lambda0.5", "casam+elr@heavy-history-ce", "casam+elr@mu0",
         "casam+elr@lambda0.5", "sgd+sce@alpha0.1",
     ]
     for run in runs:  # the same budget for every method
@@ -341,12 +342,14 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
             default = (0.5, 0.6667, 1.0 if c.loss in ("elr", "sce") else 0.5)
             expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0), "lambda0.5": (0.5, 0.6667, 0.5)}.get(run.method.partition("@")[2], default)
             assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
-            assert c.heavy_criterion == ("small-loss" if "@heavy-small-loss" in run.method else None)
-            assert c.heavy_noisy_weight == (0.5 if run.method == "casam+elr@heavy-small-loss-lambda0.5" else None)
+            heavy_elr = run.method in ("casam+elr@heavy-small-loss-lambda0.5", "casam+elr@heavy-history-ce")
+            assert c.heavy_criterion == ("small-loss" if "@heavy-small-loss" in run.method or heavy_elr else None)
+            assert c.heavy_noisy_weight == (0.5 if heavy_elr else None)
+            assert c.history_loss == ("cross-entropy" if run.method == "casam+elr@heavy-history-ce" else "training")
         if c.loss == "sce":  # SCE's alpha as the baselines' tuning round 3 chose it; @alpha0.1 the published value
             assert c.sce_alpha == (None if run.method == "sgd+sce@alpha0.1" else 0.01)
     quick = expand_grid(grid, out=tmp_path, quick=True)
-    assert len(quick) == 6 * 17 and {r.seed for r in quick} == {0}
+    assert len(quick) == 6 * 18 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
 
 
@@ -375,7 +378,7 @@ def test_quick_mode_on_benchmarks_grid_makes_a_well_formed_table(tmp_path):
      ("casam-40epochs-losses.yaml", "casam-40epochs-losses"), ("table-30epochs.yaml", "table-30epochs"),
      ("casam-heavy-warmup.yaml", "casam-heavy-warmup"), ("casam-history-from.yaml", "casam-history-from"),
      ("casam-heavy-criterion.yaml", "casam-heavy-criterion"), ("casam-heavy-groups.yaml", "casam-heavy-groups"),
-     ("casam-heavy-criterion-losses.yaml", "casam-heavy-criterion-losses")],
+     ("casam-heavy-criterion-losses.yaml", "casam-heavy-criterion-losses"), ("casam-history-loss.yaml", "casam-history-loss")],
 )
 def test_shipped_grids_match_the_runs_they_published(grid, out):
     """Each shipped grid, resolved against today's defaults, must configure its committed run folders as

@@ -50,6 +50,7 @@ HELP = {
     "heavy_groups": "CA-SAM: the perturbation groups once the noise estimate after the warm-up is above --perturb-cutoff (none: --perturb-groups throughout; auto: 1 with cross-entropy in runs that take groups, none otherwise)",
     "criterion": "CA-SAM likely-clean criterion: agreement, confidence, small-loss, gmm or class-thresholds",
     "history_beta": "momentum of the per-sample EMA of softmax outputs",
+    "history_loss": "CA-SAM: the per-sample loss the history records for the small-loss and gmm criteria: cross-entropy (on the given label) or training (the loss the network trains on, as before round 32)",
     "history_slow_beta": "CA-SAM agreement: momentum of a second, slower EMA that must also agree with the label (none: one memory)",
     "noisy_weight": "CA-SAM lambda: weight of the likely-noisy samples in the update (1: the paper's update; "
     f"none: {_named_losses(NOISY_WEIGHT)}, {NOISY_WEIGHT['*']:g} otherwise)",

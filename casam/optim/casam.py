@@ -3,7 +3,7 @@
 Per batch B (indices I, given labels y), with `history` a `casam.history.SampleHistory`:
 
     1. one forward pass at w: logits, per-sample losses l_i; the history records the batch (detached;
-       from epoch `history_from_epoch` on)
+       from epoch `history_from_epoch` on; its loss is the cross-entropy on the given label, `history_loss`)
     2. C = history.clean_mask(I, y)            (C = B during the first `warmup_epochs` epochs, or
                                                 `heavy_warmup_epochs` under heavy noise; under heavy
                                                 noise the criterion may be `heavy_criterion`, and
@@ -63,10 +63,11 @@ from casam.history import CRITERIA, SampleHistory, check_usable_criterion
 from casam.optim.bn import frozen_bn_stats
 from casam.optim.sam import SAM, _check_count, _global_norm
 
-__all__ = ["CASAM", "NOISY_TARGETS", "PERTURB_FROM"]
+__all__ = ["CASAM", "HISTORY_LOSSES", "NOISY_TARGETS", "PERTURB_FROM"]
 
 NOISY_TARGETS = ("given", "history")
 PERTURB_FROM = ("clean", "noisy", "confidence")
+HISTORY_LOSSES = ("cross-entropy", "training")
 
 
 class CASAM(SAM):
@@ -133,6 +134,13 @@ class CASAM(SAM):
             (docs/casam-split.md, round 31): small-loss alone and lambda 0.5 alone each level with ELR's
             defaults, the two together ahead on every tuning seed; `casam train` takes 0.5 with ELR,
             the class None.
+        history_loss: the per-sample loss the history records, which the loss-based criteria (small-loss,
+            gmm) rank: "cross-entropy" of the first pass's logits against the given labels, whatever loss
+            trains the network, or "training", the `losses` given to the step. A training loss with a
+            term that ignores the label ranks by that term: ELR's lam * log(1 - <p, t>) is lowest for the
+            samples the network is surest of, so with "training" small-loss filled every given class's
+            share with confident sneakers, bags and boots, whatever their label (docs/casam-split.md,
+            round 32). With cross-entropy the two are the same number.
     """
 
     _WRAPPER = "CASAM"
@@ -161,6 +169,7 @@ class CASAM(SAM):
         heavy_criterion: str | None = None,
         heavy_groups: int | None = None,
         heavy_noisy_weight: float | None = None,
+        history_loss: str = "cross-entropy",
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(history, SampleHistory):
@@ -200,6 +209,8 @@ class CASAM(SAM):
                                 ("heavy_groups", heavy_groups is not None), ("heavy_noisy_weight", heavy_noisy_weight is not None)):
                 if given:
                     raise ValueError(f"{name} needs perturb_cutoff: it acts when the noise estimate is above it")
+        if history_loss not in HISTORY_LOSSES:
+            raise ValueError(f"history_loss must be one of {', '.join(HISTORY_LOSSES)}, got {history_loss!r}")
         if not isinstance(measure_cosine, bool):
             raise TypeError(f"measure_cosine must be True or False, got {measure_cosine!r}")
         super().__init__(
@@ -223,6 +234,7 @@ class CASAM(SAM):
         self.heavy_criterion = heavy_criterion
         self.heavy_groups = None if heavy_groups is None else int(heavy_groups)
         self.heavy_noisy_weight = None if heavy_noisy_weight is None else float(heavy_noisy_weight)
+        self.history_loss = history_loss
         self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
         self.last_fallback: Tensor | None = None
@@ -499,13 +511,16 @@ class CASAM(SAM):
 
     # ------------------------------------------------------------------ one job each (DDP goes here)
     def _update_history(self, indices: Tensor, logits: Tensor, labels: Tensor, losses: Tensor) -> None:
-        """Record the batch in the history; under DDP the batches of all ranks, so every history is the same.
+        """Record the batch in the history (its loss per `history_loss`); under DDP the batches of all ranks,
+        so every history is the same.
 
         One all-gather of a packed (B, C + 3) tensor [logits | loss | index | label] per step (float32,
-        exact for indices < 2^24; float64 beyond). One process: the batch itself, unpacked.
+        exact for indices < 2^24; float64 beyond). One process: the batch itself, unpacked. With
+        history_loss "cross-entropy" the history computes the loss from the logits and given labels itself.
         """
+        own = self.history_loss == "training"
         if not distributed.is_distributed():
-            self.history.update(indices, logits.detach(), labels, losses.detach())
+            self.history.update(indices, logits.detach(), labels, losses.detach() if own else None)
             return
         dtype = torch.float32 if self.history.num_samples <= 2**24 else torch.float64
         packed = torch.cat(
@@ -513,7 +528,7 @@ class CASAM(SAM):
         )
         packed = distributed.all_gather_cat(packed)
         c = logits.shape[1]
-        self.history.update(packed[:, c + 1].long(), packed[:, :c], packed[:, c + 2].long(), packed[:, c])
+        self.history.update(packed[:, c + 1].long(), packed[:, :c], packed[:, c + 2].long(), packed[:, c] if own else None)
 
     @staticmethod
     def _global_mean(losses: Tensor, weights: Tensor) -> Tensor:
