@@ -6,7 +6,8 @@ far, not from one noisy forward pass. For every training sample i the history ke
     h_i  (C,)  EMA of the softmax output over the visits k = 1..n_i (p_i^k the output at visit k):
                debias=True (default)  h_i = sum_k beta^(n-k) p_i^k / sum_k beta^(n-k)   (Adam's bias correction)
                debias=False           h_i <- p_i^1 on the first visit, then beta * h_i + (1 - beta) * p_i^k
-    l_i        EMA of the per-sample loss, same rule
+    l_i        EMA of the per-sample loss, same rule (CASAM records the cross-entropy on the given label,
+               `history_loss`; without a loss `update` computes that one itself)
     n_i        number of visits
     y_i        the given (possibly wrong) label, recorded at each visit
 

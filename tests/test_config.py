@@ -57,6 +57,7 @@ def test_saved_config_round_trips(tmp_path):
         ({"heavy_noisy_weight": "1.5"}, "heavy_noisy_weight .lambda under heavy noise. must be auto, none or in .0, 1.; got 1.5"),
         ({"heavy_noisy_weight": "half"}, "heavy_noisy_weight .* got 'half'"),
         ({"heavy_noisy_weight": "0", "perturb_cutoff": "none"}, "heavy_noisy_weight applies when the noise estimate is above perturb_cutoff"),
+        ({"history_loss": "ce"}, "history_loss must be one of cross-entropy, training"),
         ({"loss": "gce", "gce_q": "2"}, "gce_q must be in"),
         ({"loss": "elr", "elr_beta": "1"}, "elr_beta must be in"),
         ({"loss": "sce", "sce_alpha": "-1"}, "sce_alpha must be"),
@@ -153,6 +154,19 @@ def test_casam_heavy_noisy_weight_default_is_half_with_elr(tmp_path):
     save_yaml(config, tmp_path / "config.yaml")
     assert "heavy_noisy_weight: 0.5" in (tmp_path / "config.yaml").read_text()
     assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_noisy_weight == 0.5
+
+
+def test_history_loss_defaults_to_cross_entropy_and_old_runs_read_as_training(tmp_path):
+    """Round 32: the history records the cross-entropy on the given label unless told otherwise, saved in the
+    run's config; a run folder made before the option read back as what it ran with, the training loss."""
+    config = resolve(overrides={"optimizer": "casam", "loss": "elr"})
+    assert config.history_loss == "cross-entropy"
+    save_yaml(config, tmp_path / "config.yaml")
+    assert "history_loss: cross-entropy" in (tmp_path / "config.yaml").read_text()
+    old = (tmp_path / "config.yaml").read_text().replace("history_loss: cross-entropy\n", "")
+    (tmp_path / "old.yaml").write_text(old)
+    assert resolve(yaml_path=str(tmp_path / "old.yaml"), run_file=True).history_loss == "training"
+    assert resolve(yaml_path=str(tmp_path / "old.yaml")).history_loss == "cross-entropy"  # a plain config file: today's default
 
 
 def test_casam_heavy_groups_default_is_one_perturbation_in_grouped_runs_with_cross_entropy(tmp_path):

@@ -279,15 +279,32 @@ def test_heavy_noisy_weight_takes_over_lambda_only_under_heavy_noise(tmp_path, c
     assert "heavy_noisy_weight: 0.25" in (tmp_path / "switched" / "config.yaml").read_text()
 
 
-def test_elr_defaults_under_heavy_noise_are_the_run_round_31_measured(tmp_path):
-    """Round 31: CA-SAM+ELR's defaults at symmetric 80 % train as the measured candidate (the small-loss split
-    and lambda 0.5 from the start: lambda weighs nothing in the warm-up), metric for metric, and not as before."""
+def test_elr_defaults_under_heavy_noise_are_the_run_round_32_measured(tmp_path):
+    """Rounds 31-32: CA-SAM+ELR's defaults at symmetric 80 % train as the measured candidate (the small-loss split,
+    ranked by the history's cross-entropy, and lambda 0.5 from the start: lambda weighs nothing in the warm-up),
+    metric for metric; not as round 31's runs (the split ranked by ELR's training loss) nor as before round 31."""
     defaults = digits_casam_run(tmp_path / "defaults", "symmetric:0.8", 4, "--loss", "elr")
     assert defaults[2]["noise_estimate"] > 0.6667
     measured = digits_casam_run(tmp_path / "measured", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "small-loss",
-                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none")
+                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none", "--history-loss", "cross-entropy")
+    round_31 = digits_casam_run(tmp_path / "round31", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "small-loss",
+                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none", "--history-loss", "training")
     before = digits_casam_run(tmp_path / "before", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "none", "--heavy-noisy-weight", "none")
-    assert defaults == measured and defaults != before
+    assert defaults == measured and defaults != round_31 and defaults != before
+
+
+@pytest.mark.parametrize("loss, same", [("ce", True), ("elr", False)])
+def test_history_loss_changes_only_runs_whose_training_loss_is_not_cross_entropy(tmp_path, loss, same):
+    """--history-loss training (the history before round 32) against the default cross-entropy, with the
+    small-loss split from the first split on: with cross-entropy the history records the same numbers, so the
+    runs are the same metric for metric (every cross-entropy run made before the fix repeats); with ELR's
+    loss the split ranks other numbers and the runs part after the warm-up."""
+    def run(name, history_loss):
+        return digits_casam_run(tmp_path / name, "symmetric:0.4", 5, "--loss", loss, "--criterion", "small-loss", "--history-loss", history_loss)
+
+    default, old = run("default", "cross-entropy"), run("old", "training")
+    assert default[:2] == old[:2]  # the warm-up does not read the split
+    assert (default == old) is same
 
 
 def test_history_from_changes_the_split_and_nothing_before_it(tmp_path):

@@ -676,6 +676,27 @@ def test_heavy_noisy_weight_bad_input(tiny):
             make(tiny.model(), history, perturb_cutoff=0.5, heavy_noisy_weight=bad)
 
 
+@pytest.mark.parametrize("history_loss", ["cross-entropy", "training"])
+def test_history_records_the_cross_entropy_on_the_given_label_whatever_the_training_loss(tiny, history_loss):
+    """A training loss with a label-free term (ELR's shape: CE + 3 log(1 - <p, t>), lowest for the samples the
+    network is surest of) must not become the history's l_i, which small-loss and gmm rank by the given label:
+    by default the history records the first pass's cross-entropy against the given labels; "training" records
+    the losses given to the step (the behaviour before round 32). The step itself trains on the given losses."""
+    model = tiny.model()
+    history = SampleHistory(len(tiny.y), 3, criterion="small-loss")
+    opt = make(model, history, history_loss=history_loss)
+    logits = model(tiny.x)
+    ce = F.cross_entropy(logits, tiny.y, reduction="none")
+    target = F.one_hot((tiny.y + 1) % 3, 3).to(logits.dtype)  # a label-free target, as ELR's running average is
+    training = ce + 3 * torch.log1p(-(logits.softmax(1) * target).sum(1).clamp(max=1 - 1e-4))
+    opt.first_step(training, logits=logits, indices=tiny.idx, labels=tiny.y)
+    recorded = history.mean_losses(tiny.idx)
+    torch.testing.assert_close(recorded, (ce if history_loss == "cross-entropy" else training).detach().float())
+    assert not torch.allclose(recorded, (training if history_loss == "cross-entropy" else ce).detach().float())
+    with pytest.raises(ValueError, match="history_loss must be one of cross-entropy, training, got 'ce'"):
+        make(tiny.model(), history, history_loss="ce")
+
+
 def test_perturb_cutoff_bad_input(tiny):
     history, _ = believed_history(tiny)
     for bad in (0, 1.5, True, "0.5"):
