@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from casam import distributed
@@ -191,7 +192,8 @@ class SingleLearner:
 
 class CoTeachingLearner:
     """Co-teaching (Han et al., NeurIPS 2018): two networks, each learns from the samples with the
-    smallest loss under its peer, a fraction R(epoch) of each batch being dropped.
+    smallest loss under its peer, a fraction R(epoch) of each batch being dropped. The loss ranked is the
+    cross-entropy on the given label, whatever loss the networks train on.
 
     The forget rate: given, or estimated at the end of the second epoch (`ESTIMATE_EPOCH`) from
     network A's per-sample losses over that epoch (a two-component Gaussian mixture; see
@@ -225,16 +227,19 @@ class CoTeachingLearner:
             observe(loss_fn, out.detach().float(), idx)
             logits.append(out)
             losses.append(loss_fn(out.float(), y, idx))
+        # the small-loss ranking is by the given label's cross-entropy, whatever the training loss (a label-free
+        # term such as ELR's would rank confidence instead; docs/casam-split.md, round 32); with CE the same numbers
+        ranked = [F.cross_entropy(out.detach().float(), y, reduction="none") for out in logits]
         if self.selector.forget_rate is None:  # not estimated yet: keep every sample
             keep_a = keep_b = torch.arange(len(y), device=y.device)
         else:
-            keep_a, keep_b = self.selector.select(losses[0].detach(), losses[1].detach(), self.epoch)
+            keep_a, keep_b = self.selector.select(ranked[0], ranked[1], self.epoch)
         for model, opt, loss_fn, out, loss, keep in zip(self.models, self.optimizers, self.loss_fns, logits, losses, (keep_a, keep_b)):
             update_on_batch(
                 model, opt, loss_fn, x[keep], y[keep], idx[keep], out[keep], loss[keep], self.precision,
                 local_first_pass=self.local_first_pass,
             )
-        self.epoch_losses[distributed.all_gather_cat(idx)] = distributed.all_gather_cat(losses[0].detach())
+        self.epoch_losses[distributed.all_gather_cat(idx)] = distributed.all_gather_cat(ranked[0])
         selected = torch.zeros(len(y), dtype=torch.bool, device=y.device)
         selected[keep_a] = True
         return StepOutput(logits[0].detach(), losses[0].detach(), selected)

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from casam.cli import main
 
@@ -69,3 +71,44 @@ def test_casam_lambda_default_follows_the_loss(tmp_path):
     assert ce == _digits_run(tmp_path / "ce05", *casam, "--loss", "ce", "--noisy-weight", "0.5")
     recorded = {name: yaml.safe_load((tmp_path / name / "config.yaml").read_text())["noisy_weight"] for name in ("elr", "ce")}
     assert recorded == {"elr": 1.0, "ce": 0.5}
+
+
+
+def test_coteaching_ranks_the_given_labels_cross_entropy_whatever_the_loss():
+    """Co-teaching's small-loss exchange ranks each network's cross-entropy on the given labels, not its training
+    loss: with ELR's loss on real digits the selector sees exactly -log softmax(logits)[y] of each network, which
+    ELR's label-free term would reorder (docs/casam-split.md, round 32)."""
+    from sklearn.datasets import load_digits
+
+    from casam.learners import CoTeachingLearner, Precision
+    from casam.losses import build_loss
+    from casam.selection import CoTeachingSelector
+
+    digits = load_digits()
+    x = torch.tensor(digits.data[:256], dtype=torch.float32) / 16
+    y = torch.tensor(digits.target[:256])
+    y[::3] = (y[::3] + 1) % 10  # a third mislabelled
+    idx = torch.arange(256)
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)) for _ in range(2)]
+    losses = [build_loss("elr", num_samples=256, num_classes=10) for _ in range(2)]
+    seen = []
+
+    class Spy(CoTeachingSelector):
+        def select(self, losses_a, losses_b, epoch):
+            seen.append((losses_a, losses_b))
+            return super().select(losses_a, losses_b, epoch)
+
+    learner = CoTeachingLearner(models, [torch.optim.SGD(m.parameters(), lr=0.5) for m in models], losses, Precision("fp32", torch.device("cpu")),
+                                selector=Spy(forget_rate=0.3, num_gradual=1), num_samples=256, device="cpu")
+    for epoch in range(3):
+        learner.set_epoch(epoch)
+        with torch.no_grad():
+            expected = [F.cross_entropy(m(x), y, reduction="none") for m in models]
+            training = [fn(m(x), y, idx) for fn, m in zip(losses, models)]
+        out = learner.step(x, y, idx)
+        torch.testing.assert_close(seen[-1][0], expected[0])
+        torch.testing.assert_close(seen[-1][1], expected[1])
+        if epoch:  # once ELR has a target for each sample (observed in the step before), its loss is another number
+            assert not torch.allclose(training[0], expected[0])
+    assert out.selected.float().mean() == pytest.approx(0.7, abs=0.01)
