@@ -666,7 +666,7 @@ def test_reproduces_round_32_from_the_committed_runs(paired):
     """docs/casam-split.md, round 32 and finding 37: with the history recording the cross-entropy on the given label,
     CA-SAM+ELR's heavy-noise pair (small-loss, lambda 0.5) stays the default (mean held-out d over 2 SE against ELR's
     earlier defaults, every seed ahead); against round 31's runs of the same pair on the training loss it is level on
-    the held-out score; and its split no longer decays (its precision ends within 1.5 points of its peak on every seed,
+    the held-out score; the same split with lambda 1 is more than 0.5 behind on both seeds run; and its split no longer decays (its precision ends within 1.5 points of its peak on every seed,
     where round 31's fell more than 10)."""
     runs = ROOT / "docs" / "casam-history-loss" / "runs"
     pair = "casam+elr@heavy-history-ce"
@@ -677,6 +677,8 @@ def test_reproduces_round_32_from_the_committed_runs(paired):
     old = paired.compare(runs, "casam+elr@heavy-small-loss-lambda0.5", pair, pairs=["symmetric-0.8:100-104"], guard=None,
                          default_runs=ROOT / "docs" / "casam-heavy-criterion-losses" / "runs")
     assert old["verdict"] == "keep" and (round(old["mean_d"], 2), round(old["two_se"], 2)) == (0.36, 0.37)
+    lambda1 = paired.compare(runs, pair, "casam+elr@heavy-history-ce-lambda1", pairs=["symmetric-0.8:100-101"], guard=None)
+    assert [round(row["d"], 2) for row in lambda1["rows"]] == [-2.33, -1.12]  # (2) fails (b) on both seeds asked
 
     def precision_falls(method_dir: Path) -> list[float]:
         falls = []
