@@ -29,6 +29,17 @@ def fall_after_peak(method_dir: Path, epochs: int = 40) -> list[float]:
     return falls
 
 
+def precision_fall_after_peak(method_dir: Path) -> list[float]:
+    """Per committed run of `method_dir` (5 tuning seeds, a two-epoch warm-up): the split's precision at its best
+    epoch minus at its last, in points."""
+    falls = []
+    for metrics in sorted(method_dir.glob("seed*/metrics.jsonl")):
+        precision = [epoch["sel_precision"] for epoch in read_metrics(metrics)][2:]  # the split's epochs
+        falls.append(100 * (max(precision) - precision[-1]))
+    assert len(falls) == 5
+    return falls
+
+
 @pytest.fixture(scope="module")
 def paired(benchmark_script):
     return benchmark_script("paired")
@@ -605,16 +616,8 @@ def test_reproduces_round_31_with_elr_from_the_committed_runs(paired):
     assert (round(result["mean_d"], 2), round(result["sd_d"], 2), round(result["two_se"], 2)) == (0.63, 1.33, 1.19)
     assert min(row["d"] for row in result["rows"]) == pytest.approx(-0.82, abs=0.005)
 
-    def precision_fall(method_dir: Path) -> list[float]:
-        falls = []
-        for metrics in sorted(method_dir.glob("seed*/metrics.jsonl")):
-            precision = [epoch["sel_precision"] for epoch in read_metrics(metrics)][2:]  # the split's epochs
-            falls.append(100 * (max(precision) - precision[-1]))
-        assert len(falls) == 5
-        return falls
-
-    assert min(precision_fall(runs / "symmetric-0.8" / "casam+elr@heavy-small-loss")) > 15
-    agreement = precision_fall(ROOT / "docs" / "casam-tuning" / "runs" / "symmetric-0.8" / "casam+elr@switch")
+    assert min(precision_fall_after_peak(runs / "symmetric-0.8" / "casam+elr@heavy-small-loss")) > 15
+    agreement = precision_fall_after_peak(ROOT / "docs" / "casam-tuning" / "runs" / "symmetric-0.8" / "casam+elr@switch")
     assert sorted(agreement)[3] < 4
 
 
@@ -680,17 +683,9 @@ def test_reproduces_round_32_from_the_committed_runs(paired):
     lambda1 = paired.compare(runs, pair, "casam+elr@heavy-history-ce-lambda1", pairs=["symmetric-0.8:100-101"], guard=None)
     assert [round(row["d"], 2) for row in lambda1["rows"]] == [-2.33, -1.12]  # (2) fails (b) on both seeds asked
 
-    def precision_falls(method_dir: Path) -> list[float]:
-        falls = []
-        for metrics in sorted(method_dir.glob("seed*/metrics.jsonl")):
-            precision = [epoch["sel_precision"] for epoch in read_metrics(metrics)][2:]
-            falls.append(100 * (max(precision) - precision[-1]))
-        assert len(falls) == 5
-        return falls
-
-    assert max(precision_falls(runs / "symmetric-0.8" / pair)) < 1.5
+    assert max(precision_fall_after_peak(runs / "symmetric-0.8" / pair)) < 1.5
     before = ROOT / "docs" / "casam-heavy-criterion-losses" / "runs" / "symmetric-0.8" / "casam+elr@heavy-small-loss-lambda0.5"
-    assert min(precision_falls(before)) > 10
+    assert min(precision_fall_after_peak(before)) > 10
 
 
 def test_round_32s_elr_default_on_the_tables_seeds(paired):
