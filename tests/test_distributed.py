@@ -63,11 +63,13 @@ def batches():
 def build(method):
     model = mlp()
     if method.startswith("casam"):  # casam-mu: the likely-noisy side in the perturbation at weight 0.3 (balanced);
-        # casam-confidence: every sample in the perturbation at its history's probability of its label
+        # casam-confidence: every sample in the perturbation at its history's probability of its label;
+        # casam-training: the history records the training loss (GCE in run_steps), not the cross-entropy
         opt = CASAM(model.parameters(), torch.optim.SGD, history=primed_history(), rho=RHO, lr=LR, momentum=0.9,
                     warmup_epochs=0, min_clean=1, noisy_weight=0.5, perturb_weight=0.3 if method == "casam-mu" else 0.0,
                     perturb_balance=method == "casam-mu",
-                    perturb_from="confidence" if method == "casam-confidence" else "clean")
+                    perturb_from="confidence" if method == "casam-confidence" else "clean",
+                    history_loss="training" if method == "casam-training" else "cross-entropy")
     else:
         opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=0.9)
     return model, opt
@@ -76,7 +78,8 @@ def build(method):
 def run_steps(model, opt, rank, world, *, sam_sync=True):
     """Two learner steps on this rank's part of each global batch; returns the final weights."""
     x, y = synthetic()
-    learner = SingleLearner(model, opt, build_loss("ce", num_samples=N, num_classes=C), Precision("fp32", torch.device("cpu")),
+    loss = "gce" if getattr(opt, "history_loss", None) == "training" else "ce"
+    learner = SingleLearner(model, opt, build_loss(loss, num_samples=N, num_classes=C), Precision("fp32", torch.device("cpu")),
                             sam_sync=sam_sync)
     masks = []
     for idx in batches():
@@ -99,6 +102,9 @@ def _worker(rank, world, store, out_dir):
             if method == "casam":
                 results["casam_history"] = opt.history.state_dict()
                 results["casam_masks"] = masks
+        model, opt = build("casam-training")
+        run_steps(distributed.wrap_model(model, device=torch.device("cpu")), opt, rank, world)
+        results["casam-training_history"] = opt.history.state_dict()
         model, opt = build("sam")
         results["msharp"], _ = run_steps(distributed.wrap_model(model, device=torch.device("cpu")), opt, rank, world, sam_sync=False)
         results["digits_history"] = digits_epoch(rank, world)
@@ -157,13 +163,19 @@ def test_ddp_step_equals_single_process_global_batch(ranks, method):
             assert torch.equal(torch.cat(parts), mask)
 
 
-def test_ddp_casam_histories_match_single_process(ranks):
-    model, opt = build("casam")
+@pytest.mark.parametrize("method", ["casam", "casam-training"])
+def test_ddp_casam_histories_match_single_process(ranks, method):
+    """Every rank records the global batch; with history_loss "training" the gathered loss is the learner's (GCE here)."""
+    model, opt = build(method)
     run_steps(model, opt, 0, 1)
     single = opt.history.state_dict()
     for r in range(WORLD):
         for key in ("probs", "losses", "counts", "labels"):
-            torch.testing.assert_close(ranks[r]["casam_history"][key], single[key], atol=1e-6, rtol=0)
+            torch.testing.assert_close(ranks[r][f"{method}_history"][key], single[key], atol=1e-6, rtol=0)
+    if method == "casam-training":  # GCE's losses, not the cross-entropy the other setting records
+        model, opt = build("casam")
+        run_steps(model, opt, 0, 1)
+        assert not torch.allclose(single["losses"], opt.history.state_dict()["losses"], atol=1e-3)
 
 
 def test_m_sharpness_perturbs_each_rank_by_its_own_gradient(ranks):

@@ -514,21 +514,22 @@ class CASAM(SAM):
         """Record the batch in the history (its loss per `history_loss`); under DDP the batches of all ranks,
         so every history is the same.
 
-        One all-gather of a packed (B, C + 3) tensor [logits | loss | index | label] per step (float32,
-        exact for indices < 2^24; float64 beyond). One process: the batch itself, unpacked. With
-        history_loss "cross-entropy" the history computes the loss from the logits and given labels itself.
+        One all-gather of a packed (B, C + 2) tensor [logits | index | label] per step, with the loss as one
+        more column when history_loss is "training" (float32, exact for indices < 2^24; float64 beyond).
+        One process: the batch itself, unpacked. With history_loss "cross-entropy" the history computes the
+        loss from the logits and given labels itself.
         """
         own = self.history_loss == "training"
         if not distributed.is_distributed():
             self.history.update(indices, logits.detach(), labels, losses.detach() if own else None)
             return
         dtype = torch.float32 if self.history.num_samples <= 2**24 else torch.float64
-        packed = torch.cat(
-            [logits.detach().to(dtype), losses.detach().to(dtype)[:, None], indices.to(dtype)[:, None], labels.to(dtype)[:, None]], dim=1
-        )
-        packed = distributed.all_gather_cat(packed)
+        columns = [logits.detach().to(dtype), indices.to(dtype)[:, None], labels.to(dtype)[:, None]]
+        if own:
+            columns.append(losses.detach().to(dtype)[:, None])
+        packed = distributed.all_gather_cat(torch.cat(columns, dim=1))
         c = logits.shape[1]
-        self.history.update(packed[:, c + 1].long(), packed[:, :c], packed[:, c + 2].long(), packed[:, c] if own else None)
+        self.history.update(packed[:, c].long(), packed[:, :c], packed[:, c + 1].long(), packed[:, c + 2] if own else None)
 
     @staticmethod
     def _global_mean(losses: Tensor, weights: Tensor) -> Tensor:
