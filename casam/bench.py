@@ -673,7 +673,7 @@ def _method_settings(rows: list[dict[str, Any]], method: str) -> str:
     return ", ".join(dict.fromkeys(shown)) or "–"
 
 
-def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str], *, unfinished: int) -> str:
+def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str], *, unfinished: list[str]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["noise"], row["method"]), []).append(row)
@@ -698,8 +698,9 @@ def _table_md(rows: list[dict[str, Any]], noises: list[str], methods: list[str],
             "labels; *at held-out pick*: test accuracy at the epoch where that was highest (early stopping",
             "without a clean label).",
         ]
-    if unfinished:
-        lines += ["", f"{unfinished} unfinished run(s) are not included."]
+    if unfinished:  # named, so a reader can tell a stopped run from a missing one
+        named = ", ".join(unfinished[:10]) + (f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "")
+        lines += ["", f"{len(unfinished)} unfinished run(s) are not included: {named}."]
     lines += ["", "| method | its own settings |", "| --- | --- |"]
     lines += [f"| {method} | {_method_settings(rows, method)} |" for method in methods]
     for dataset in datasets:
@@ -868,7 +869,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.csv", out / "table.md"]
     _write_csv(rows, written[0])
-    written[1].write_text(_table_md(rows, noises, methods, unfinished=len(unfinished)))
+    unfinished_ids = [d.relative_to(out / "runs").as_posix() for d in unfinished]
+    written[1].write_text(_table_md(rows, noises, methods, unfinished=unfinished_ids))
     if not rows:
         return written
     written.append(_plot_accuracy_vs_noise(rows, noises, methods, out / "accuracy_vs_noise.png"))

@@ -184,7 +184,7 @@ def test_half_done_run_is_resumed_and_a_failed_run_does_not_stop_the_others(tiny
     assert (broken / "bench-error.log").read_text().strip()
     assert all(summary_mtimes(out)[p] == t for p, t in mtimes.items())  # the others untouched
     _, rows = read_csv(out)  # the report covers the seven finished runs
-    assert len(rows) == 7 and "1 unfinished run(s) are not included" in (out / "table.md").read_text()
+    assert len(rows) == 7 and "1 unfinished run(s) are not included: symmetric-0.2/sgd+ce/seed0." in (out / "table.md").read_text()
 
 
 def test_run_folder_configured_differently_is_refused(tiny_copy, tmp_path, capsys):
