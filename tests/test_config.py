@@ -120,6 +120,16 @@ def test_casam_lambda_default_depends_on_the_loss_and_is_saved_resolved(tmp_path
         resolve(overrides={"optimizer": "sgd", "loss": "elr", "noisy_weight": "1"}, strict=True)
 
 
+def test_rho_default_is_asams_published_half_with_asam_and_005_otherwise(tmp_path):
+    assert resolve(overrides={"optimizer": "asam"}).rho == 0.5  # relative to the weights' scale (baselines' round 5)
+    assert resolve(overrides={"optimizer": "sam"}).rho == resolve(overrides={"optimizer": "casam"}).rho == 0.05
+    assert resolve(overrides={"optimizer": "asam", "rho": "0.2"}).rho == 0.2  # a given value stays
+    assert TrainConfig(optimizer="asam").rho is None and TrainConfig(optimizer="asam").validate().rho == 0.5
+    save_yaml(resolve(overrides={"optimizer": "asam"}), tmp_path / "config.yaml")
+    assert "rho: 0.5" in (tmp_path / "config.yaml").read_text()
+    assert resolve(yaml_path=str(tmp_path / "config.yaml"), overrides={"optimizer": "sam"}).rho == 0.5  # a saved run repeats
+
+
 def test_casam_heavy_criterion_default_depends_on_the_loss_and_the_switch_and_is_saved_resolved(tmp_path):
     """Round 29: with cross-entropy the split's criterion under heavy noise is small-loss (round 31: with ELR too);
     SCE, other losses (not measured), a run without the noise switch or with the two-speed memory (agreement's) keep their criterion."""

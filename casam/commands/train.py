@@ -9,7 +9,7 @@ import typing
 
 from casam.cli import OneLineErrorParser
 
-from casam.config import GROUPS_IN_LONG_RUNS, LONG_RUN, LOSS_OPTIONS, NOISY_WEIGHT, TrainConfig, field_types
+from casam.config import GROUPS_IN_LONG_RUNS, LONG_RUN, LOSS_OPTIONS, NOISY_WEIGHT, RHO, TrainConfig, field_types
 from casam.losses import PUBLISHED
 
 # Options a resumed run may change: they do not alter what is computed.
@@ -40,7 +40,7 @@ HELP = {
     "elr_lambda": "ELR's regulariser weight lambda",
     "elr_beta": "ELR's target momentum",
     "schedule": "cosine, step or constant (stepped per epoch)",
-    "rho": "SAM/ASAM/CA-SAM neighbourhood radius",
+    "rho": f"SAM/ASAM/CA-SAM neighbourhood radius (none: {RHO['asam']:g} with --optimizer asam, its published value; {RHO['*']:g} otherwise)",
     "sam_warmup": "SAM/ASAM epochs of plain base-optimizer steps before the perturbation starts",
     "warmup": "CA-SAM epochs before the clean/noisy split is used (C = B; radius --warmup-rho)",
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",
