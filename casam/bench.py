@@ -635,12 +635,12 @@ def _setup_line(rows: list[dict[str, Any]]) -> str:
 METHOD_OPTIONS = {
     "sam": ("rho", "sam_warmup"),
     "asam": ("rho", "sam_warmup"),
-    "casam": ("rho", "warmup", "criterion", "history_beta", "history_slow_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "perturb_groups", "heavy_warmup", "history_from", "heavy_criterion", "heavy_groups", "heavy_noisy_weight", "history_loss", "min_clean"),
+    "casam": ("rho", "warmup", "criterion", "history_beta", "history_slow_beta", "history_debias", "noisy_weight", "noisy_target", "perturb_from", "perturb_weight", "perturb_balance", "perturb_cutoff", "perturb_groups", "heavy_warmup", "history_from", "heavy_criterion", "heavy_groups", "heavy_noisy_weight", "heavy_rho", "history_loss", "min_clean"),
     "coteaching": ("forget_rate", "num_gradual"),
 }
 # options added after the published reports -> their default: printed only where a run sets another value
 # (runs made before the option existed have none, which is the default), so those reports stay as they were
-SHOWN_IF_SET = {"history_slow_beta": "None", "perturb_groups": "1", "heavy_warmup": "0", "history_from": "0", "heavy_criterion": "None", "heavy_groups": "None", "heavy_noisy_weight": "None", "history_loss": "training"}
+SHOWN_IF_SET = {"history_slow_beta": "None", "perturb_groups": "1", "heavy_warmup": "0", "history_from": "0", "heavy_criterion": "None", "heavy_groups": "None", "heavy_noisy_weight": "None", "heavy_rho": "None", "history_loss": "training"}
 
 
 def _method_settings(rows: list[dict[str, Any]], method: str) -> str:

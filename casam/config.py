@@ -8,6 +8,7 @@ resolved configuration as `config.yaml`, so `casam train --config RUN/config.yam
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ HEAVY_NOISY_WEIGHT_BY_LOSS = {"*": None, "elr": 0.5}
 # study's rounds 7 and 14, docs/casam-split.md), ASAM's published 0.5 (its radius is relative to the weights'
 # scale, so SAM's does not carry over; kept by the baselines' round 5, docs/benchmarks.md).
 RHO = {"*": 0.05, "asam": 0.5}
+# CA-SAM's, by loss, and under heavy noise (the estimate after the warm-up above perturb_cutoff) by loss:
+# round 33 (docs/casam-split.md) asks ELR's radius at moderate noise, round 34 under heavy noise.
+CASAM_RHO_BY_LOSS = {"*": 0.05}
+HEAVY_RHO_BY_LOSS = {"*": None}
 
 
 def by_loss(table: dict[str, Any], loss: str) -> Any:
@@ -97,6 +102,7 @@ _USED_BY = {
     "heavy_criterion": ("optimizer", ("casam",)),
     "heavy_groups": ("optimizer", ("casam",)),
     "heavy_noisy_weight": ("optimizer", ("casam",)),
+    "heavy_rho": ("optimizer", ("casam",)),
     "criterion": ("optimizer", ("casam",)),
     "history_beta": ("optimizer", ("casam",)),
     "history_debias": ("optimizer", ("casam",)),
@@ -155,7 +161,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=lambda: [])  # step schedule; empty: at 50 % and 75 %
     gamma: float = 0.1
     # SAM family
-    rho: float | None = None  # None: by optimizer, see RHO (the saved config records the value used)
+    rho: float | None = None  # None: by optimizer, see RHO, and for CA-SAM by loss, CASAM_RHO_BY_LOSS (the saved config records the value used)
     sam_warmup: int = 0  # sam, asam: epochs of plain base-optimizer steps first (CA-SAM's is warmup + warmup_rho)
     sam_sync: bool = True  # DDP: all-reduce the first-pass gradient; false = per-rank perturbation (m-sharpness)
     # CA-SAM
@@ -168,6 +174,7 @@ class TrainConfig:
     history_beta: float = 0.9
     history_slow_beta: float | None = None  # a second, slower memory that must also agree (agreement only; docs/casam-split.md round 18)
     noisy_weight: float | None = None  # lambda: the likely-noisy samples' weight in the update (1: the paper's); None: by loss, see NOISY_WEIGHT
+    heavy_rho: float | str | None = "auto"  # rho once the noise estimate after the warm-up is above perturb_cutoff; none: rho throughout; auto: HEAVY_RHO_BY_LOSS
     heavy_noisy_weight: float | str | None = "auto"  # lambda once the noise estimate after the warm-up is above perturb_cutoff; none: noisy_weight throughout; auto: HEAVY_NOISY_WEIGHT_BY_LOSS (round 31)
     noisy_target: str = "given"  # given | history: what the likely-noisy samples are trained towards
     perturb_from: str = "clean"  # clean (CA-SAM) | noisy: a control | confidence: soft weights h_i[y_i] (docs/casam-split.md)
@@ -286,13 +293,18 @@ class TrainConfig:
                 raise ConfigError(f"heavy_groups must be auto, none or at least 1; got {self.heavy_groups!r}")
             if self.heavy_groups > 1 and (reason := self.why_one_perturbation("heavy_groups")):
                 raise ConfigError(reason)
+        if self.heavy_rho == "auto":  # the saved config records the value used
+            self.heavy_rho = self.default_heavy_rho()
+        if self.heavy_rho is not None and (isinstance(self.heavy_rho, str) or not 0 <= self.heavy_rho < math.inf):
+            raise ConfigError(f"heavy_rho (the radius under heavy noise) must be auto, none or a number >= 0; got {self.heavy_rho!r}")
         if self.heavy_noisy_weight == "auto":  # the saved config records the value used
             self.heavy_noisy_weight = self.default_heavy_noisy_weight()
         if self.heavy_noisy_weight is not None and (isinstance(self.heavy_noisy_weight, str) or not 0 <= self.heavy_noisy_weight <= 1):
             raise ConfigError(f"heavy_noisy_weight (lambda under heavy noise) must be auto, none or in [0, 1]; got {self.heavy_noisy_weight!r}")
         if self.perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
             given = {"heavy_warmup": self.heavy_warmup > 0, "heavy_criterion": self.heavy_criterion is not None,
-                     "heavy_groups": self.heavy_groups is not None, "heavy_noisy_weight": self.heavy_noisy_weight is not None}
+                     "heavy_groups": self.heavy_groups is not None, "heavy_noisy_weight": self.heavy_noisy_weight is not None,
+                     "heavy_rho": self.heavy_rho is not None}
             if named := [name for name, is_given in given.items() if is_given]:
                 raise ConfigError(f"{named[0]} applies when the noise estimate is above perturb_cutoff: give perturb_cutoff too")
         if self.perturb_from == "confidence" and self.perturb_weight:
@@ -356,8 +368,14 @@ class TrainConfig:
         return by_loss(HEAVY_GROUPS_BY_LOSS, self.loss) if grouped else None
 
     def default_rho(self) -> float:
-        """The radius when none is given: RHO, by optimizer."""
-        return RHO.get(self.optimizer, RHO["*"])
+        """The radius when none is given: RHO by optimizer; CA-SAM's CASAM_RHO_BY_LOSS by loss."""
+        return by_loss(CASAM_RHO_BY_LOSS, self.loss) if self.optimizer == "casam" else RHO.get(self.optimizer, RHO["*"])
+
+    def default_heavy_rho(self) -> float | None:
+        """CA-SAM's radius under heavy noise when none is given: HEAVY_RHO_BY_LOSS for a run with the noise switch,
+        None (rho throughout) where that is rho anyway."""
+        value = by_loss(HEAVY_RHO_BY_LOSS, self.loss) if self.noise_switch else None
+        return None if value == self.rho else value
 
     def default_heavy_noisy_weight(self) -> float | None:
         """CA-SAM's lambda under heavy noise when none is given: HEAVY_NOISY_WEIGHT_BY_LOSS, for a run with the noise switch."""
@@ -510,7 +528,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Options a run's config.yaml may lack because the run was saved before they existed, with the value
 # such a run had: today's default is not it (CA-SAM's mu and its cutoff became 0.5 and 0.6667 in round 9
 # of docs/casam-split.md). Only a run's own file is read this way; a --config file is the user's.
-BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None, "heavy_noisy_weight": None, "history_loss": "training"}
+BEFORE_THEY_EXISTED: dict[str, Any] = {"perturb_weight": 0.0, "perturb_cutoff": None, "perturb_groups": 1, "heavy_warmup": 0, "history_from": 0, "heavy_criterion": None, "heavy_groups": None, "heavy_noisy_weight": None, "heavy_rho": None, "history_loss": "training"}
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:

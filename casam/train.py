@@ -143,7 +143,7 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, *, num_samples:
         warmup_rho=config.warmup_rho, perturb_from=config.perturb_from,
         perturb_weight=config.perturb_weight, perturb_balance=config.perturb_balance, perturb_cutoff=config.perturb_cutoff,
         warmup_epochs=config.warmup, heavy_warmup_epochs=config.heavy_warmup, history_from_epoch=config.history_from, heavy_criterion=config.heavy_criterion,
-        heavy_groups=config.heavy_groups, heavy_noisy_weight=config.heavy_noisy_weight, history_loss=config.history_loss,
+        heavy_groups=config.heavy_groups, heavy_noisy_weight=config.heavy_noisy_weight, heavy_rho=config.heavy_rho, history_loss=config.history_loss,
         min_clean=config.min_clean, measure_cosine=config.log_cosine, **kwargs,
     )
 
@@ -331,6 +331,7 @@ def format_summary(config: TrainConfig, summary: dict[str, Any], run_dir: Path) 
             (f"the {config.heavy_criterion} split", config.heavy_criterion is not None),
             (f"{config.heavy_groups} perturbation{'s' if config.heavy_groups != 1 else ''} per batch", config.heavy_groups not in (None, config.perturb_groups)),
             (f"lambda {config.heavy_noisy_weight}", config.heavy_noisy_weight not in (None, config.noisy_weight)),
+            (f"rho {config.heavy_rho}", config.heavy_rho not in (None, config.rho)),
             (f"warm-up to epoch {config.heavy_warmup}", config.heavy_warmup > 0),
         ) if on]
         lines.append(f"  heavy noise     estimated {pct(estimate).strip()} after the warm-up (cutoff {pct(cutoff).strip()}): {', '.join(changed) or 'nothing changed'}")

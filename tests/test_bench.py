@@ -319,7 +319,7 @@ def test_method_names_and_only_patterns(tmp_path):
 def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     grid = load_grid(GRID)
     runs = expand_grid(grid, out=tmp_path)
-    assert len(runs) == 6 * 18 * 3
+    assert len(runs) == 6 * 19 * 3
     assert set(grid.noises) == {"symmetric:0.2", "symmetric:0.5", "symmetric:0.8", "asymmetric:0.4", "pairflip:0.45", "instance:0.4"}
     assert [m for m in grid.methods if "@" not in m] == [
         "sgd+ce", "sam+ce", "asam+ce", "casam+ce", "sgd+gce", "sgd+sce", "sgd+elr", "sgd+ce+coteaching", "casam+elr", "casam+sce",
@@ -328,28 +328,29 @@ def test_benchmarks_grid_is_the_issue_grid(tmp_path):
     # and round 29's heavy criterion (round 31's with lambda 0.5 for ELR, round 32's with the history's cross-entropy),
     # casam train's defaults since, beside the rows made before them
     assert [m for m in grid.methods if "@" in m] == [
-        "casam+ce@heavy-small-loss", "casam+ce@mu0", "casam+ce@lambda1", "casam+elr@heavy-small-loss-lambda0.5", "casam+elr@heavy-history-ce", "casam+elr@mu0",
-        "casam+elr@lambda0.5", "sgd+sce@alpha0.1",
+        "casam+ce@heavy-small-loss", "casam+ce@mu0", "casam+ce@lambda1", "casam+elr@heavy-small-loss-lambda0.5", "casam+elr@heavy-history-ce", "casam+elr@rho0.02",
+        "casam+elr@mu0", "casam+elr@lambda0.5", "sgd+sce@alpha0.1",
     ]
     for run in runs:  # the same budget for every method
         c = run.config
         assert (c.dataset, c.train_subset, c.model, c.epochs, c.batch_size, c.lr, c.schedule, c.weight_decay, c.momentum) == (
             "fashion-mnist", 10000, "cnn", 20, 128, 0.02, "cosine", 0.0, 0.9,
         )
-        if c.optimizer != "sgd":  # each SAM-family method at its published radius (ASAM's is relative to |w|)
-            assert c.rho == (0.5 if c.optimizer == "asam" else 0.05)
+        if c.optimizer != "sgd":  # each SAM-family method at its published radius (ASAM's is relative to |w|); round 33's row
+            assert c.rho == (0.5 if c.optimizer == "asam" else 0.02 if run.method == "casam+elr@rho0.02" else 0.05)
+            assert c.heavy_rho == (0.05 if run.method == "casam+elr@rho0.02" else None)
         if c.optimizer == "casam":  # the defaults' switch and lambda (0.5, 1 with ELR or SCE); mu 0 and lambda 1 for the paper's CA-SAM
             default = (0.5, 0.6667, 1.0 if c.loss in ("elr", "sce") else 0.5)
             expected = {"mu0": (0.0, None, 1.0), "lambda1": (0.5, 0.6667, 1.0), "lambda0.5": (0.5, 0.6667, 0.5)}.get(run.method.partition("@")[2], default)
             assert (c.perturb_weight, c.perturb_cutoff, c.noisy_weight) == expected
-            heavy_elr = run.method in ("casam+elr@heavy-small-loss-lambda0.5", "casam+elr@heavy-history-ce")
+            heavy_elr = run.method in ("casam+elr@heavy-small-loss-lambda0.5", "casam+elr@heavy-history-ce", "casam+elr@rho0.02")
             assert c.heavy_criterion == ("small-loss" if "@heavy-small-loss" in run.method or heavy_elr else None)
             assert c.heavy_noisy_weight == (0.5 if heavy_elr else None)
-            assert c.history_loss == ("cross-entropy" if run.method == "casam+elr@heavy-history-ce" else "training")
+            assert c.history_loss == ("cross-entropy" if run.method in ("casam+elr@heavy-history-ce", "casam+elr@rho0.02") else "training")
         if c.loss == "sce":  # SCE's alpha as the baselines' tuning round 3 chose it; @alpha0.1 the published value
             assert c.sce_alpha == (None if run.method == "sgd+sce@alpha0.1" else 0.01)
     quick = expand_grid(grid, out=tmp_path, quick=True)
-    assert len(quick) == 6 * 18 and {r.seed for r in quick} == {0}
+    assert len(quick) == 6 * 19 and {r.seed for r in quick} == {0}
     assert {(r.config.model, r.config.train_subset) for r in quick} == {("mlp", 500)}
 
 

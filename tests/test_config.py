@@ -166,6 +166,25 @@ def test_casam_heavy_noisy_weight_default_is_half_with_elr(tmp_path):
     assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_noisy_weight == 0.5
 
 
+def test_heavy_rho_is_saved_needs_the_switch_and_old_runs_read_as_none(tmp_path):
+    """heavy_rho: the radius under heavy noise; a given value stays and is saved, it needs the noise switch and
+    CA-SAM, and a run folder made before the option reads back as none (rho throughout)."""
+    casam = {"optimizer": "casam"}
+    assert resolve(overrides=casam).heavy_rho is None
+    config = resolve(overrides={**casam, "heavy_rho": "0.1"})
+    assert config.heavy_rho == 0.1
+    with pytest.raises(ConfigError, match="heavy_rho applies when the noise estimate is above perturb_cutoff"):
+        resolve(overrides={**casam, "perturb_cutoff": "none", "heavy_rho": "0.1"})
+    with pytest.raises(ConfigError, match="heavy_rho only applies with optimizer casam"):
+        resolve(overrides={"optimizer": "sam", "heavy_rho": "0.1"}, strict=True)
+    with pytest.raises(ConfigError, match="heavy_rho .the radius under heavy noise. must be auto, none or a number >= 0"):
+        resolve(overrides={**casam, "heavy_rho": "-1"})
+    save_yaml(config, tmp_path / "config.yaml")
+    assert "heavy_rho: 0.1" in (tmp_path / "config.yaml").read_text()
+    (tmp_path / "old.yaml").write_text((tmp_path / "config.yaml").read_text().replace("heavy_rho: 0.1\n", ""))
+    assert resolve(yaml_path=str(tmp_path / "old.yaml"), run_file=True).heavy_rho is None
+
+
 def test_history_loss_defaults_to_cross_entropy_and_old_runs_read_as_training(tmp_path):
     """Round 32: the history records the cross-entropy on the given label unless told otherwise, saved in the
     run's config; a run folder made before the option read back as what it ran with, the training loss."""

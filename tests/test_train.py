@@ -286,11 +286,29 @@ def test_elr_defaults_under_heavy_noise_are_the_run_round_32_measured(tmp_path):
     defaults = digits_casam_run(tmp_path / "defaults", "symmetric:0.8", 4, "--loss", "elr")
     assert defaults[2]["noise_estimate"] > 0.6667
     measured = digits_casam_run(tmp_path / "measured", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "small-loss",
-                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none", "--history-loss", "cross-entropy")
+                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none", "--history-loss", "cross-entropy", "--rho", "0.05")
     round_31 = digits_casam_run(tmp_path / "round31", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "small-loss",
-                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none", "--history-loss", "training")
-    before = digits_casam_run(tmp_path / "before", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "none", "--heavy-noisy-weight", "none")
+                                "--noisy-weight", "0.5", "--heavy-noisy-weight", "none", "--history-loss", "training", "--rho", "0.05")
+    before = digits_casam_run(tmp_path / "before", "symmetric:0.8", 4, "--loss", "elr", "--heavy-criterion", "none",
+                              "--heavy-noisy-weight", "none", "--rho", "0.05")
     assert defaults == measured and defaults != round_31 and defaults != before
+
+
+@pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
+def test_heavy_rho_takes_over_the_radius_only_under_heavy_noise(tmp_path, capsys, noise, heavy):
+    """--heavy-rho 0.1 with cross-entropy's rho 0.05: under heavy noise the run is the --rho 0.1 run metric for
+    metric (the warm-up takes plain SGD steps, and the switch is read before the first split), under moderate
+    noise the run without the option. The summary's heavy-noise line names the radius."""
+    capsys.readouterr()
+    switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-rho", "0.1")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  heavy noise")]
+    assert (switched[2]["noise_estimate"] > 0.6667) is heavy
+    assert said == ([f"  heavy noise     estimated {100 * switched[2]['noise_estimate']:.1f} % after the warm-up (cutoff 66.7 %): "
+                     "mu 0, the small-loss split, rho 0.1"] if heavy else [])
+    wider = digits_casam_run(tmp_path / "wider", noise, 4, "--rho", "0.1")
+    plain = digits_casam_run(tmp_path / "plain", noise, 4, "--heavy-rho", "none")
+    assert (switched == wider) is heavy and (switched == plain) is not heavy
+    assert "heavy_rho: 0.1" in (tmp_path / "switched" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("loss, same", [("ce", True), ("elr", False)])

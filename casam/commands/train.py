@@ -9,7 +9,7 @@ import typing
 
 from casam.cli import OneLineErrorParser
 
-from casam.config import GROUPS_IN_LONG_RUNS, LONG_RUN, LOSS_OPTIONS, NOISY_WEIGHT, RHO, TrainConfig, field_types
+from casam.config import CASAM_RHO_BY_LOSS, GROUPS_IN_LONG_RUNS, LONG_RUN, LOSS_OPTIONS, NOISY_WEIGHT, RHO, TrainConfig, field_types
 from casam.losses import PUBLISHED
 
 # Options a resumed run may change: they do not alter what is computed.
@@ -40,7 +40,10 @@ HELP = {
     "elr_lambda": "ELR's regulariser weight lambda",
     "elr_beta": "ELR's target momentum",
     "schedule": "cosine, step or constant (stepped per epoch)",
-    "rho": f"SAM/ASAM/CA-SAM neighbourhood radius (none: {RHO['asam']:g} with --optimizer asam, its published value; {RHO['*']:g} otherwise)",
+    "rho": f"SAM/ASAM/CA-SAM neighbourhood radius (none: {RHO['asam']:g} with --optimizer asam, its published value; "
+    + (f"with --optimizer casam {_named_losses(CASAM_RHO_BY_LOSS)}; " if len(CASAM_RHO_BY_LOSS) > 1 else "")
+    + f"{RHO['*']:g} otherwise)",
+    "heavy_rho": "CA-SAM: the radius once the noise estimate after the warm-up is above --perturb-cutoff (none: --rho throughout; auto: none)",
     "sam_warmup": "SAM/ASAM epochs of plain base-optimizer steps before the perturbation starts",
     "warmup": "CA-SAM epochs before the clean/noisy split is used (C = B; radius --warmup-rho)",
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",

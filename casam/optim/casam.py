@@ -10,7 +10,8 @@ Per batch B (indices I, given labels y), with `history` a `casam.history.SampleH
                                                 `grouped_step`'s groups `heavy_groups`)
        fallback: |C| < min_clean  ->  the perturbation uses B (the update weights below still use C)
     3. g_C = grad (1/|C|) sum_{i in C} l_i(w),   e = rho * g_C / ||g_C||   (ASAM's T scaling with adaptive=True)
-       (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise)
+       (perturb_weight mu: the other samples join the loss at weight mu; perturb_cutoff: mu 0 under heavy noise,
+       and the radius `heavy_rho` if set)
     4. g   = grad (1/|B|) sum_{i in B} a_i l_i(w + e),   a_i = 1 if i in C else lambda (`noisy_weight`;
        `heavy_noisy_weight` under heavy noise, if set)
        noisy_target="history": the loss of a sample outside C is taken against its historical prediction
@@ -134,6 +135,9 @@ class CASAM(SAM):
             (docs/casam-split.md, round 31): small-loss alone and lambda 0.5 alone each level with ELR's
             defaults, the two together ahead on every tuning seed; `casam train` takes 0.5 with ELR,
             the class None.
+        heavy_rho: with perturb_cutoff, the radius of every parameter group from the first split on once
+            the estimate read after the warm-up is above the cutoff (None: each group's rho throughout).
+            With ELR the radius is asked per regime (docs/casam-split.md, rounds 33-34).
         history_loss: the per-sample loss the history records, which the loss-based criteria (small-loss,
             gmm) rank: "cross-entropy" of the first pass's logits against the given labels, whatever loss
             trains the network, or "training", the `losses` given to the step. A training loss with a
@@ -169,6 +173,7 @@ class CASAM(SAM):
         heavy_criterion: str | None = None,
         heavy_groups: int | None = None,
         heavy_noisy_weight: float | None = None,
+        heavy_rho: float | None = None,
         history_loss: str = "cross-entropy",
         **base_kwargs: Any,
     ) -> None:
@@ -204,9 +209,12 @@ class CASAM(SAM):
         if heavy_groups is not None:
             if isinstance(heavy_groups, bool) or not isinstance(heavy_groups, numbers.Integral) or heavy_groups < 1:
                 raise ValueError(f"heavy_groups must be None or an integer >= 1, got {heavy_groups!r}")
+        if heavy_rho is not None and (isinstance(heavy_rho, bool) or not isinstance(heavy_rho, numbers.Real) or not 0 <= heavy_rho < math.inf):
+            raise ValueError(f"heavy_rho must be None or a finite number >= 0, got {heavy_rho!r}")
         if perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
             for name, given in (("heavy_warmup_epochs", heavy_warmup_epochs > 0), ("heavy_criterion", heavy_criterion is not None),
-                                ("heavy_groups", heavy_groups is not None), ("heavy_noisy_weight", heavy_noisy_weight is not None)):
+                                ("heavy_groups", heavy_groups is not None), ("heavy_noisy_weight", heavy_noisy_weight is not None),
+                                ("heavy_rho", heavy_rho is not None)):
                 if given:
                     raise ValueError(f"{name} needs perturb_cutoff: it acts when the noise estimate is above it")
         if history_loss not in HISTORY_LOSSES:
@@ -234,6 +242,7 @@ class CASAM(SAM):
         self.heavy_criterion = heavy_criterion
         self.heavy_groups = None if heavy_groups is None else int(heavy_groups)
         self.heavy_noisy_weight = None if heavy_noisy_weight is None else float(heavy_noisy_weight)
+        self.heavy_rho = None if heavy_rho is None else float(heavy_rho)
         self.history_loss = history_loss
         self.noise_estimate: float | None = None  # the history's noise rate when the switch was read (perturb_cutoff)
         self.last_clean_mask: Tensor | None = None
@@ -279,6 +288,12 @@ class CASAM(SAM):
     def current_noisy_weight(self) -> float:
         """lambda as it applies now: `heavy_noisy_weight` once perturb_cutoff's switch has found heavy noise (if set), else noisy_weight."""
         return self.heavy_noisy_weight if self.heavy_noisy_weight is not None and self.heavy_noise else self.noisy_weight
+
+    def _radius(self, group: dict[str, Any]) -> float:
+        """The warm-up's radius in the warm-up, `heavy_rho` after it once the switch has found heavy noise (if set), else the group's."""
+        if self.heavy_rho is not None and self.heavy_noise and not self.in_warmup:
+            return self.heavy_rho
+        return super()._radius(group)
 
     @property
     def current_perturb_weight(self) -> float:

@@ -676,6 +676,42 @@ def test_heavy_noisy_weight_bad_input(tiny):
             make(tiny.model(), history, perturb_cutoff=0.5, heavy_noisy_weight=bad)
 
 
+@pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
+def test_heavy_rho_replaces_the_radius_only_above_the_cutoff_and_after_the_warmup(tiny, cutoff, heavy):
+    """heavy_rho 0.1 with rho 0.3 after a 1-epoch warm-up: above the cutoff (estimate 5/12) the step after the
+    warm-up is the step of an optimizer with rho 0.1 (same weights after it), below it rho 0.3's. A warm-up that
+    heavy noise extends keeps the warm-up's radius; a resumed optimizer reads the same radius."""
+    def stepped(**options):
+        model = tiny.model()
+        opt = make(model, believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, **options)
+        opt.set_epoch(1)
+        casam_step(opt, tiny, model)
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    opt, weights = stepped(rho=0.3, heavy_rho=0.1)
+    assert opt.heavy_noise == heavy and opt._radius(opt.param_groups[0]) == (0.1 if heavy else 0.3)
+    _, expected = stepped(rho=0.1 if heavy else 0.3)
+    _, other = stepped(rho=0.3 if heavy else 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected))
+    assert not all(torch.equal(a, b) for a, b in zip(weights, other))
+    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), perturb_cutoff=cutoff, warmup_epochs=1, rho=0.3, heavy_rho=0.1)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed._radius(resumed.param_groups[0]) == opt._radius(opt.param_groups[0])
+    extended = make(tiny.model(), believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, heavy_warmup_epochs=2,
+                    rho=0.3, heavy_rho=0.1, warmup_rho=0.0)
+    extended.set_epoch(1)
+    assert extended.in_warmup == heavy and extended._radius(extended.param_groups[0]) == (0.0 if heavy else 0.3)
+
+
+def test_heavy_rho_bad_input(tiny):
+    history, _ = believed_history(tiny)
+    with pytest.raises(ValueError, match="heavy_rho needs perturb_cutoff"):
+        make(tiny.model(), history, heavy_rho=0.05)
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.05"):
+        with pytest.raises(ValueError, match="heavy_rho must be None or a finite number >= 0"):
+            make(tiny.model(), history, perturb_cutoff=0.5, heavy_rho=bad)
+
+
 @pytest.mark.parametrize("history_loss", ["cross-entropy", "training"])
 def test_history_records_the_cross_entropy_on_the_given_label_whatever_the_training_loss(tiny, history_loss):
     """A training loss with a label-free term (ELR's shape: CE + 3 log(1 - <p, t>), lowest for the samples the
