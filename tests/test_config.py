@@ -166,11 +166,30 @@ def test_casam_heavy_noisy_weight_default_is_half_with_elr(tmp_path):
     assert resolve(yaml_path=str(tmp_path / "config.yaml"), run_file=True).heavy_noisy_weight == 0.5
 
 
+def test_casam_rho_with_elr_is_002_below_the_cutoff_and_005_above_it(tmp_path):
+    """Rounds 33-34: CA-SAM+ELR takes rho 0.02 and, with the noise switch, 0.05 under heavy noise; other losses
+    (and SAM with ELR) keep 0.05 throughout. Where the heavy radius would be rho anyway it resolves to none."""
+    elr = {"optimizer": "casam", "loss": "elr"}
+    config = resolve(overrides=elr)
+    assert (config.rho, config.heavy_rho) == (0.02, 0.05)
+    ce = resolve(overrides={**elr, "loss": "ce"})
+    assert (ce.rho, ce.heavy_rho) == (0.05, None)
+    assert resolve(overrides={"optimizer": "sam", "loss": "elr"}).rho == 0.05
+    no_switch = resolve(overrides={**elr, "perturb_cutoff": "none"})
+    assert (no_switch.rho, no_switch.heavy_rho) == (0.02, None)
+    assert resolve(overrides={**elr, "rho": "0.05"}).heavy_rho is None  # 0.05 throughout
+    assert resolve(overrides={**elr, "rho": "0.1"}).heavy_rho == 0.05
+    assert resolve(overrides={**elr, "heavy_rho": "none"}).heavy_rho is None  # a given value stays
+    save_yaml(config, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "\nrho: 0.02\n" in text and "heavy_rho: 0.05" in text
+
+
 def test_heavy_rho_is_saved_needs_the_switch_and_old_runs_read_as_none(tmp_path):
     """heavy_rho: the radius under heavy noise; a given value stays and is saved, it needs the noise switch and
     CA-SAM, and a run folder made before the option reads back as none (rho throughout)."""
     casam = {"optimizer": "casam"}
-    assert resolve(overrides=casam).heavy_rho is None
+    assert resolve(overrides=casam).heavy_rho is None  # cross-entropy: rho throughout
     config = resolve(overrides={**casam, "heavy_rho": "0.1"})
     assert config.heavy_rho == 0.1
     with pytest.raises(ConfigError, match="heavy_rho applies when the noise estimate is above perturb_cutoff"):

@@ -298,7 +298,8 @@ def test_elr_defaults_under_heavy_noise_are_the_run_round_32_measured(tmp_path):
 def test_heavy_rho_takes_over_the_radius_only_under_heavy_noise(tmp_path, capsys, noise, heavy):
     """--heavy-rho 0.1 with cross-entropy's rho 0.05: under heavy noise the run is the --rho 0.1 run metric for
     metric (the warm-up takes plain SGD steps, and the switch is read before the first split), under moderate
-    noise the run without the option. The summary's heavy-noise line names the radius."""
+    noise the run without the option. The summary's heavy-noise line names the radius. With ELR, casam train's
+    defaults run as rho 0.02 at moderate noise (round 33) and as 0.05 under heavy noise (round 34's status quo)."""
     capsys.readouterr()
     switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-rho", "0.1")
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  heavy noise")]
@@ -309,6 +310,10 @@ def test_heavy_rho_takes_over_the_radius_only_under_heavy_noise(tmp_path, capsys
     plain = digits_casam_run(tmp_path / "plain", noise, 4, "--heavy-rho", "none")
     assert (switched == wider) is heavy and (switched == plain) is not heavy
     assert "heavy_rho: 0.1" in (tmp_path / "switched" / "config.yaml").read_text()
+    elr = digits_casam_run(tmp_path / "elr", noise, 4, "--loss", "elr")  # rounds 33-34: 0.02 below the cutoff, 0.05 above
+    regime = digits_casam_run(tmp_path / "regime", noise, 4, "--loss", "elr", "--rho", "0.05" if heavy else "0.02", "--heavy-rho", "none")
+    other = digits_casam_run(tmp_path / "other", noise, 4, "--loss", "elr", "--rho", "0.02" if heavy else "0.05", "--heavy-rho", "none")
+    assert elr == regime and elr != other
 
 
 @pytest.mark.parametrize("loss, same", [("ce", True), ("elr", False)])

@@ -43,7 +43,7 @@ HELP = {
     "rho": f"SAM/ASAM/CA-SAM neighbourhood radius (none: {RHO['asam']:g} with --optimizer asam, its published value; "
     + (f"with --optimizer casam {_named_losses(CASAM_RHO_BY_LOSS)}; " if len(CASAM_RHO_BY_LOSS) > 1 else "")
     + f"{RHO['*']:g} otherwise)",
-    "heavy_rho": "CA-SAM: the radius once the noise estimate after the warm-up is above --perturb-cutoff (none: --rho throughout; auto: none)",
+    "heavy_rho": "CA-SAM: the radius once the noise estimate after the warm-up is above --perturb-cutoff (none: --rho throughout; auto: 0.05 with ELR, whose --rho is 0.02; none with other losses)",
     "sam_warmup": "SAM/ASAM epochs of plain base-optimizer steps before the perturbation starts",
     "warmup": "CA-SAM epochs before the clean/noisy split is used (C = B; radius --warmup-rho)",
     "warmup_rho": "CA-SAM radius during the warm-up (0: plain SGD steps; none: rho, plain SAM)",

@@ -137,7 +137,11 @@ class CASAM(SAM):
             the class None.
         heavy_rho: with perturb_cutoff, the radius of every parameter group from the first split on once
             the estimate read after the warm-up is above the cutoff (None: each group's rho throughout).
-            With ELR the radius is asked per regime (docs/casam-split.md, rounds 33-34).
+            With ELR the radius is asked per regime (docs/casam-split.md, rounds 33-34): 0.02 was ahead of
+            0.05 at moderate noise, where ELR's target term already holds memorisation down and SAM's
+            pressure costs fit; at symmetric 80 %, where the clean-only perturbation is what lets the
+            network learn, 0.05 stays until measured otherwise. `casam train` takes 0.05 with ELR, the
+            class None.
         history_loss: the per-sample loss the history records, which the loss-based criteria (small-loss,
             gmm) rank: "cross-entropy" of the first pass's logits against the given labels, whatever loss
             trains the network, or "training", the `losses` given to the step. A training loss with a
