@@ -261,22 +261,24 @@ def test_heavy_groups_take_over_the_groups_only_under_heavy_noise(tmp_path, caps
     assert "heavy_groups: 1" in (tmp_path / "switched" / "config.yaml").read_text()
 
 
+@pytest.mark.parametrize("option, value, plain, named", [("--heavy-noisy-weight", "0.25", "--noisy-weight", "lambda 0.25"),
+                                                         ("--heavy-rho", "0.1", "--rho", "rho 0.1")])
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
-def test_heavy_noisy_weight_takes_over_lambda_only_under_heavy_noise(tmp_path, capsys, noise, heavy):
-    """--heavy-noisy-weight 0.25 (casam train takes 0.5 with ELR since round 31): under heavy noise the run is the
-    --noisy-weight 0.25 run metric for metric (lambda weighs nothing in the warm-up, and the switch is read before
-    the first split) and not lambda 0.5's; under moderate noise it is the run without the option. The summary's
-    heavy-noise line names the lambda the run took."""
+def test_heavy_lambda_and_radius_take_over_only_under_heavy_noise(tmp_path, capsys, noise, heavy, option, value, plain, named):
+    """--heavy-noisy-weight 0.25 (lambda; casam train takes 0.5 with ELR since round 31) and --heavy-rho 0.1 (the
+    radius; cross-entropy's rho is 0.05): under heavy noise the run is the --noisy-weight 0.25 (--rho 0.1) run
+    metric for metric (the warm-up takes plain SGD steps, and the switch is read before the first split); under
+    moderate noise it is the run without the option. The summary's heavy-noise line names what the run took."""
     capsys.readouterr()
-    switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-noisy-weight", "0.25")
+    switched = digits_casam_run(tmp_path / "switched", noise, 4, option, value)
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  heavy noise")]
     assert (switched[2]["noise_estimate"] > 0.6667) is heavy
     assert said == ([f"  heavy noise     estimated {100 * switched[2]['noise_estimate']:.1f} % after the warm-up (cutoff 66.7 %): "
-                     "mu 0, the small-loss split, lambda 0.25"] if heavy else [])
-    quarter = digits_casam_run(tmp_path / "quarter", noise, 4, "--noisy-weight", "0.25")
-    half = digits_casam_run(tmp_path / "half", noise, 4, "--heavy-noisy-weight", "none")
-    assert (switched == quarter) is heavy and (switched == half) is not heavy
-    assert "heavy_noisy_weight: 0.25" in (tmp_path / "switched" / "config.yaml").read_text()
+                     f"mu 0, the small-loss split, {named}"] if heavy else [])
+    same = digits_casam_run(tmp_path / "same", noise, 4, plain, value)
+    without = digits_casam_run(tmp_path / "without", noise, 4, option, "none")
+    assert (switched == same) is heavy and (switched == without) is not heavy
+    assert f"{option[2:].replace('-', '_')}: {value}" in (tmp_path / "switched" / "config.yaml").read_text()
 
 
 def test_elr_defaults_under_heavy_noise_are_the_run_round_32_measured(tmp_path):
@@ -295,22 +297,11 @@ def test_elr_defaults_under_heavy_noise_are_the_run_round_32_measured(tmp_path):
 
 
 @pytest.mark.parametrize("noise, heavy", [("symmetric:0.3", False), ("symmetric:0.8", True)])
-def test_heavy_rho_takes_over_the_radius_only_under_heavy_noise(tmp_path, capsys, noise, heavy):
-    """--heavy-rho 0.1 with cross-entropy's rho 0.05: under heavy noise the run is the --rho 0.1 run metric for
-    metric (the warm-up takes plain SGD steps, and the switch is read before the first split), under moderate
-    noise the run without the option. The summary's heavy-noise line names the radius. With ELR, casam train's
-    defaults run as rho 0.02 at moderate noise (round 33) and as 0.05 under heavy noise (round 34's status quo)."""
-    capsys.readouterr()
-    switched = digits_casam_run(tmp_path / "switched", noise, 4, "--heavy-rho", "0.1")
-    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  heavy noise")]
-    assert (switched[2]["noise_estimate"] > 0.6667) is heavy
-    assert said == ([f"  heavy noise     estimated {100 * switched[2]['noise_estimate']:.1f} % after the warm-up (cutoff 66.7 %): "
-                     "mu 0, the small-loss split, rho 0.1"] if heavy else [])
-    wider = digits_casam_run(tmp_path / "wider", noise, 4, "--rho", "0.1")
-    plain = digits_casam_run(tmp_path / "plain", noise, 4, "--heavy-rho", "none")
-    assert (switched == wider) is heavy and (switched == plain) is not heavy
-    assert "heavy_rho: 0.1" in (tmp_path / "switched" / "config.yaml").read_text()
-    elr = digits_casam_run(tmp_path / "elr", noise, 4, "--loss", "elr")  # rounds 33-34: 0.02 below the cutoff, 0.05 above
+def test_elr_radius_is_002_under_moderate_noise_and_005_under_heavy(tmp_path, noise, heavy):
+    """Rounds 33-34: casam train's CA-SAM+ELR runs as rho 0.02 where the noise estimate after the warm-up is at
+    most the cutoff and as rho 0.05 above it, metric for metric, and not as the other radius."""
+    elr = digits_casam_run(tmp_path / "elr", noise, 4, "--loss", "elr")
+    assert (elr[2]["noise_estimate"] > 0.6667) is heavy
     regime = digits_casam_run(tmp_path / "regime", noise, 4, "--loss", "elr", "--rho", "0.05" if heavy else "0.02", "--heavy-rho", "none")
     other = digits_casam_run(tmp_path / "other", noise, 4, "--loss", "elr", "--rho", "0.02" if heavy else "0.05", "--heavy-rho", "none")
     assert elr == regime and elr != other

@@ -644,11 +644,17 @@ def test_heavy_groups_bad_input(tiny):
             make(tiny.model(), history, perturb_cutoff=0.5, heavy_groups=bad)
 
 
+def radius_now(opt):
+    return opt._radius(opt.param_groups[0])
+
+
+@pytest.mark.parametrize("name, base, heavier, now", [("noisy_weight", 1.0, 0.25, lambda opt: opt.current_noisy_weight),
+                                                      ("rho", 0.3, 0.1, radius_now)])
 @pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
-def test_heavy_noisy_weight_replaces_lambda_only_above_the_cutoff(tiny, cutoff, heavy):
-    """heavy_noisy_weight 0.25 with lambda 1 after a 1-epoch warm-up: above the cutoff (estimate 5/12) the step
-    after the warm-up is the step of an optimizer with lambda 0.25 (same weights after it), below it lambda 1's.
-    A resumed optimizer reads the same lambda (the estimate is saved)."""
+def test_heavy_lambda_and_radius_replace_theirs_only_above_the_cutoff(tiny, cutoff, heavy, name, base, heavier, now):
+    """heavy_noisy_weight 0.25 with lambda 1 (heavy_rho 0.1 with rho 0.3) after a 1-epoch warm-up: above the cutoff
+    (estimate 5/12) the step after the warm-up is the step of an optimizer with lambda 0.25 (rho 0.1; same weights
+    after it), below it lambda 1's (rho 0.3's). A resumed optimizer reads the same value (the estimate is saved)."""
     def stepped(**options):
         model = tiny.model()
         opt = make(model, believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, **options)
@@ -656,15 +662,15 @@ def test_heavy_noisy_weight_replaces_lambda_only_above_the_cutoff(tiny, cutoff, 
         casam_step(opt, tiny, model)
         return opt, [p.detach().clone() for p in model.parameters()]
 
-    opt, weights = stepped(noisy_weight=1.0, heavy_noisy_weight=0.25)
-    assert opt.heavy_noise == heavy and opt.current_noisy_weight == (0.25 if heavy else 1.0)
-    _, expected = stepped(noisy_weight=0.25 if heavy else 1.0)
-    _, other = stepped(noisy_weight=1.0 if heavy else 0.25)
+    opt, weights = stepped(**{name: base, f"heavy_{name}": heavier})
+    assert opt.heavy_noise == heavy and now(opt) == (heavier if heavy else base)
+    _, expected = stepped(**{name: heavier if heavy else base})
+    _, other = stepped(**{name: base if heavy else heavier})
     assert all(torch.equal(a, b) for a, b in zip(weights, expected))
     assert not all(torch.equal(a, b) for a, b in zip(weights, other))
-    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), perturb_cutoff=cutoff, warmup_epochs=1, noisy_weight=1.0, heavy_noisy_weight=0.25)
+    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), perturb_cutoff=cutoff, warmup_epochs=1, **{name: base, f"heavy_{name}": heavier})
     resumed.load_state_dict(opt.state_dict())
-    assert resumed.current_noisy_weight == opt.current_noisy_weight
+    assert now(resumed) == now(opt)
 
 
 def test_heavy_noisy_weight_bad_input(tiny):
@@ -677,30 +683,13 @@ def test_heavy_noisy_weight_bad_input(tiny):
 
 
 @pytest.mark.parametrize("cutoff, heavy", [(0.5, False), (0.4, True)])
-def test_heavy_rho_replaces_the_radius_only_above_the_cutoff_and_after_the_warmup(tiny, cutoff, heavy):
-    """heavy_rho 0.1 with rho 0.3 after a 1-epoch warm-up: above the cutoff (estimate 5/12) the step after the
-    warm-up is the step of an optimizer with rho 0.1 (same weights after it), below it rho 0.3's. A warm-up that
-    heavy noise extends keeps the warm-up's radius; a resumed optimizer reads the same radius."""
-    def stepped(**options):
-        model = tiny.model()
-        opt = make(model, believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, **options)
-        opt.set_epoch(1)
-        casam_step(opt, tiny, model)
-        return opt, [p.detach().clone() for p in model.parameters()]
-
-    opt, weights = stepped(rho=0.3, heavy_rho=0.1)
-    assert opt.heavy_noise == heavy and opt._radius(opt.param_groups[0]) == (0.1 if heavy else 0.3)
-    _, expected = stepped(rho=0.1 if heavy else 0.3)
-    _, other = stepped(rho=0.3 if heavy else 0.1)
-    assert all(torch.equal(a, b) for a, b in zip(weights, expected))
-    assert not all(torch.equal(a, b) for a, b in zip(weights, other))
-    resumed = make(tiny.model(), SampleHistory(len(tiny.y), 3), perturb_cutoff=cutoff, warmup_epochs=1, rho=0.3, heavy_rho=0.1)
-    resumed.load_state_dict(opt.state_dict())
-    assert resumed._radius(resumed.param_groups[0]) == opt._radius(opt.param_groups[0])
-    extended = make(tiny.model(), believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, heavy_warmup_epochs=2,
-                    rho=0.3, heavy_rho=0.1, warmup_rho=0.0)
-    extended.set_epoch(1)
-    assert extended.in_warmup == heavy and extended._radius(extended.param_groups[0]) == (0.0 if heavy else 0.3)
+def test_heavy_rho_leaves_a_warmup_that_heavy_noise_extends_at_the_warmups_radius(tiny, cutoff, heavy):
+    opt = make(tiny.model(), believed_history(tiny)[0], perturb_cutoff=cutoff, warmup_epochs=1, heavy_warmup_epochs=2,
+               rho=0.3, heavy_rho=0.1, warmup_rho=0.0)
+    opt.set_epoch(1)
+    assert opt.in_warmup == heavy and radius_now(opt) == (0.0 if heavy else 0.3)
+    opt.set_epoch(2)
+    assert radius_now(opt) == (0.1 if heavy else 0.3)
 
 
 def test_heavy_rho_bad_input(tiny):
