@@ -41,8 +41,7 @@ HELP = {
     "elr_beta": "ELR's target momentum",
     "schedule": "cosine, step or constant (stepped per epoch)",
     "rho": f"SAM/ASAM/CA-SAM neighbourhood radius (none: {RHO['asam']:g} with --optimizer asam, its published value; "
-    + (f"with --optimizer casam {_named_losses(CASAM_RHO_BY_LOSS)}; " if len(CASAM_RHO_BY_LOSS) > 1 else "")
-    + f"{RHO['*']:g} otherwise)",
+    f"with --optimizer casam {_named_losses(CASAM_RHO_BY_LOSS)}; {RHO['*']:g} otherwise)",
     "heavy_rho": "CA-SAM: the radius once the noise estimate after the warm-up is above --perturb-cutoff (none: --rho throughout; auto: 0.05 with ELR, whose --rho is 0.02; none with other losses)",
     "sam_warmup": "SAM/ASAM epochs of plain base-optimizer steps before the perturbation starts",
     "warmup": "CA-SAM epochs before the clean/noisy split is used (C = B; radius --warmup-rho)",

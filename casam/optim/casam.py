@@ -62,7 +62,7 @@ from torch.optim import Optimizer
 from casam import distributed
 from casam.history import CRITERIA, SampleHistory, check_usable_criterion
 from casam.optim.bn import frozen_bn_stats
-from casam.optim.sam import SAM, _check_count, _global_norm
+from casam.optim.sam import SAM, _check_count, _check_optional_radius, _global_norm
 
 __all__ = ["CASAM", "HISTORY_LOSSES", "NOISY_TARGETS", "PERTURB_FROM"]
 
@@ -213,8 +213,7 @@ class CASAM(SAM):
         if heavy_groups is not None:
             if isinstance(heavy_groups, bool) or not isinstance(heavy_groups, numbers.Integral) or heavy_groups < 1:
                 raise ValueError(f"heavy_groups must be None or an integer >= 1, got {heavy_groups!r}")
-        if heavy_rho is not None and (isinstance(heavy_rho, bool) or not isinstance(heavy_rho, numbers.Real) or not 0 <= heavy_rho < math.inf):
-            raise ValueError(f"heavy_rho must be None or a finite number >= 0, got {heavy_rho!r}")
+        _check_optional_radius("heavy_rho", heavy_rho)
         if perturb_cutoff is None:  # the heavy-noise options act when the estimate is above the cutoff
             for name, given in (("heavy_warmup_epochs", heavy_warmup_epochs > 0), ("heavy_criterion", heavy_criterion is not None),
                                 ("heavy_groups", heavy_groups is not None), ("heavy_noisy_weight", heavy_noisy_weight is not None),

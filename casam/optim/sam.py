@@ -52,9 +52,19 @@ __all__ = ["SAM", "ASAM"]
 _TINY = 1e-12  # floor of the gradient norm: a zero gradient gives a zero perturbation, not a nan
 
 
+def _is_radius(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0
+
+
 def _check_rho(rho: Any) -> None:
-    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not math.isfinite(rho) or rho < 0:
+    if not _is_radius(rho):
         raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+
+
+def _check_optional_radius(name: str, value: Any) -> None:
+    """A radius that may be None (warmup_rho, CA-SAM's heavy_rho)."""
+    if value is not None and not _is_radius(value):
+        raise ValueError(f"{name} must be None or a finite number >= 0, got {value!r}")
 
 
 def _check_eta(eta: Any) -> None:
@@ -126,8 +136,7 @@ class SAM(Optimizer):
         _check_rho(rho)
         _check_eta(eta)
         _check_count("warmup_epochs", warmup_epochs)
-        if warmup_rho is not None and (isinstance(warmup_rho, bool) or not isinstance(warmup_rho, numbers.Real) or not 0 <= warmup_rho < math.inf):
-            raise ValueError(f"warmup_rho must be None or a finite number >= 0, got {warmup_rho!r}")
+        _check_optional_radius("warmup_rho", warmup_rho)
         if not isinstance(adaptive, bool):
             raise TypeError(f"adaptive must be True or False, got {adaptive!r}")
         if isinstance(base_optimizer, Optimizer):
